@@ -1,0 +1,45 @@
+//! The `edgemlops` command line: the model toolchain (`model build|inspect|bench`).
+//!
+//! `main.rs` only calls [`main_entry`]; every command is a plain function over parsed arguments
+//! ([`args`]), so the integration tests drive the real binary and unit tests call functions.
+//! Errors print as one line (`edgemlops: error: ...`, causes joined with `: `) and map to exit
+//! codes: 1 for failures, 2 for usage errors, 3 when the ONNX Runtime library is missing.
+
+pub mod args;
+pub mod fmt;
+pub mod model;
+pub mod plot;
+pub mod stats;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command, ModelCommand};
+
+/// Exit code when the ONNX Runtime library cannot be found.
+pub const EXIT_RUNTIME_MISSING: u8 = 3;
+
+/// Parses the process arguments, runs the command, prints errors, returns the exit code.
+pub fn main_entry() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgemlops: error: {e:#}");
+            let runtime_missing = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(infer::InferError::LibraryMissing { .. })));
+            ExitCode::from(if runtime_missing { EXIT_RUNTIME_MISSING } else { 1 })
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Model(ModelCommand::Build(a)) => model::build::run(&a),
+        Command::Model(ModelCommand::Inspect(a)) => model::inspect::run(&a),
+        Command::Model(ModelCommand::Bench(a)) => model::bench::run(&a),
+    }
+}

@@ -1,0 +1,5 @@
+//! `edgemlops model ...` commands.
+
+pub mod bench;
+pub mod build;
+pub mod inspect;

@@ -1,0 +1,29 @@
+//! ONNX models as data: protobuf read/write, tensor helpers, inspection, and a graph builder.
+//!
+//! This crate never links ONNX Runtime: it reads, writes, rewrites and builds ONNX files.
+//! Running them is the `infer` crate's job.
+//!
+//! - [`proto`]: the `onnx.proto` messages (prost), written from the ONNX IR specification.
+//! - [`io`]: reading and writing model files (external data resolved safely, atomic writes).
+//! - [`tensor`]: typed access to `TensorProto` payloads and constructors.
+//! - [`inspect`]: the summary behind `edgemlops model inspect`.
+//! - [`builder`]: a small graph builder; [`zoo`] builds ResNet-50/101 and MobileNetV2 with it.
+
+pub mod builder;
+pub mod error;
+pub mod inspect;
+pub mod io;
+pub mod proto;
+pub mod rng;
+pub mod tensor;
+pub mod walk;
+pub mod zoo;
+
+pub use error::OnnxError;
+pub use io::{decode_model, encode_model, read_model, write_model};
+pub use proto::{DataType, GraphProto, ModelProto, NodeProto, TensorProto};
+
+/// Opset of the default ONNX domain used by models this crate builds.
+pub const DEFAULT_OPSET: i64 = 17;
+/// IR version written by models this crate builds (IR 8 goes with opset 17).
+pub const DEFAULT_IR_VERSION: i64 = 8;

@@ -11,7 +11,7 @@ use crate::setup;
 use crate::util::{self, workspace_root};
 
 /// Builds the release `edgemlops` binary and returns its path.
-fn release_cli() -> Result<PathBuf> {
+pub fn release_cli() -> Result<PathBuf> {
     util::cargo(&["build", "--release", "--locked", "-p", "cli"])?;
     Ok(util::target_dir()?.join("release").join("edgemlops"))
 }
@@ -76,11 +76,14 @@ pub fn demo(args: &[&str]) -> Result<()> {
 pub fn bench(name: &str, args: &[&str]) -> Result<()> {
     match name {
         "runtime" => runtime(args),
-        other => bail!("unknown benchmark '{other}' (available: runtime)"),
+        "hub" => crate::bench_hub::run(args),
+        "quantization" => crate::bench_quant::run(args),
+        other => bail!("unknown benchmark '{other}' (available: runtime, hub, quantization)"),
     }
 }
 
-/// A Python virtual environment under the target directory with onnxruntime and numpy.
+/// A Python virtual environment under the target directory with onnxruntime, numpy, and what
+/// onnxruntime's quantization tool imports (`onnx`, and `sympy` for its symbolic shape inference).
 pub fn python_env() -> Result<PathBuf> {
     let venv = util::target_dir()?.join("pyenv");
     let py = venv.join("bin").join("python");
@@ -88,17 +91,19 @@ pub fn python_env() -> Result<PathBuf> {
         && Command::new(&py)
             .args([
                 "-c",
-                "import onnxruntime, numpy; assert onnxruntime.__version__ == '1.32.0'",
+                "import onnxruntime, numpy, onnx, sympy; assert onnxruntime.__version__ == '1.32.0'",
             ])
             .output()
             .is_ok_and(|o| o.status.success());
     if !ready {
         eprintln!(
-            "xtask: creating {} with onnxruntime==1.32.0 and numpy (pip)",
+            "xtask: preparing {} with onnxruntime==1.32.0, numpy, onnx and sympy (pip)",
             venv.display()
         );
-        util::run(Command::new(setup::python()?).args(["-m", "venv"]).arg(&venv))
-            .context("creating a Python venv (on Debian: apt install python3-venv)")?;
+        if !py.is_file() {
+            util::run(Command::new(setup::python()?).args(["-m", "venv"]).arg(&venv))
+                .context("creating a Python venv (on Debian: apt install python3-venv)")?;
+        }
         util::run(Command::new(&py).args([
             "-m",
             "pip",
@@ -106,13 +111,16 @@ pub fn python_env() -> Result<PathBuf> {
             "--quiet",
             "onnxruntime==1.32.0",
             "numpy",
+            "onnx",
+            "sympy",
         ]))
-        .context("installing onnxruntime and numpy from PyPI")?;
+        .context("installing onnxruntime, numpy, onnx and sympy from PyPI")?;
     }
     Ok(py)
 }
 
-fn read_json(p: &Path) -> Result<Value> {
+/// Reads a JSON file.
+pub fn read_json(p: &Path) -> Result<Value> {
     let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))
 }

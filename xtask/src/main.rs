@@ -7,6 +7,8 @@
 //! - `bench <name>`: benchmarks that write their figures under `bench/results/`.
 
 mod bench;
+mod bench_hub;
+mod bench_quant;
 mod setup;
 #[cfg(test)]
 mod tidy;
@@ -21,6 +23,9 @@ commands:
   test               setup, then cargo fmt --check, clippy -D warnings, and every test of the workspace
   demo               setup, then the main job: build models, inspect them, benchmark them
   bench runtime      our ONNX Runtime path vs onnxruntime's Python API on ResNet-50 and MobileNetV2
+  bench hub          1000 simulated MQTT devices publishing QoS 1 telemetry to the hub for 60 s
+  bench quantization FP32 / static S8S8 / static U8S8 / dynamic int8 of ResNet-50, ResNet-101, MobileNetV2:
+                     edgemlops model quantize vs onnxruntime's Python tool (time, latency, agreement, size)
 ";
 
 fn main() -> std::process::ExitCode {

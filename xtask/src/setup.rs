@@ -1,4 +1,5 @@
-//! `cargo xtask setup`: ONNX Runtime from the official PyPI wheel, with no other host involved.
+//! `cargo xtask setup`: ONNX Runtime from the official PyPI wheel, with no other host involved, and
+//! the MQTT test clients (`mosquitto-clients`) from the system's apt repositories.
 //!
 //! pip downloads `onnxruntime==1.32.0` for this machine's architecture (pinned Python tag and
 //! platform, so the same wheel comes back on every machine), the shared library is extracted with
@@ -56,7 +57,45 @@ const TEST_MODELS: [(&str, &str); 3] = [
 pub fn setup() -> Result<PathBuf> {
     let lib = setup_runtime()?;
     setup_test_models()?;
+    setup_mqtt_clients()?;
     Ok(lib)
+}
+
+/// Debian's `mosquitto_pub` / `mosquitto_sub`, the third-party MQTT clients of the hub's tests:
+/// installed with apt-get when missing.
+fn setup_mqtt_clients() -> Result<()> {
+    let present = |tool: &str| {
+        Command::new(tool)
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("mosquitto"))
+    };
+    if present("mosquitto_pub") && present("mosquitto_sub") {
+        eprintln!("xtask: mosquitto_pub and mosquitto_sub ready");
+        return Ok(());
+    }
+    eprintln!("xtask: installing mosquitto-clients (MQTT test clients) with apt-get");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "mosquitto-clients"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let installed = install()
+        || (Command::new("apt-get")
+            .arg("update")
+            .status()
+            .is_ok_and(|s| s.success())
+            && install());
+    if !(installed && present("mosquitto_pub") && present("mosquitto_sub")) {
+        bail!(
+            "the hub's tests need mosquitto_pub and mosquitto_sub, and `apt-get install mosquitto-clients` \
+             failed; install the Debian/Ubuntu package mosquitto-clients (as root) and run again"
+        );
+    }
+    eprintln!("xtask: mosquitto-clients installed");
+    Ok(())
 }
 
 /// Makes sure the verified library is cached; returns its path.

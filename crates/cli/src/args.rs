@@ -17,6 +17,9 @@ use onnx::zoo::Architecture;
                   (run `cargo xtask setup` or set ORT_DYLIB_PATH)."
 )]
 pub struct Cli {
+    /// Hub connection (`--hub`, `--token`) for the hub commands.
+    #[command(flatten)]
+    pub hub: crate::hub::HubArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -24,10 +27,32 @@ pub struct Cli {
 
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing buys nothing"
+)]
 pub enum Command {
     /// Work with ONNX models: build, inspect, benchmark.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Hub: register devices, issue and revoke their tokens, show their inventory.
+    #[command(subcommand)]
+    Device(crate::hub::DeviceCommand),
+    /// Hub: install (or remove) MODEL@VERSION on a device.
+    Deploy(crate::hub::DeployArgs),
+    /// Hub: reinstall the model version a device had before its current one.
+    Rollback(crate::hub::RollbackArgs),
+    /// Hub: commands sent to devices and their state history.
+    #[command(subcommand, name = "command")]
+    Cmd(crate::hub::CommandCommand),
+    /// Hub: alarms raised by devices (active and cleared).
+    #[command(subcommand)]
+    Alarm(crate::hub::AlarmCommand),
+    /// Create an ed25519 publisher key pair for signing model packages.
+    Keygen(crate::keygen::KeygenArgs),
+    /// Visual quality inspection: generate synthetic inspection photos, train and evaluate the reference model.
+    #[command(subcommand)]
+    Vqi(crate::vqi::VqiCommand),
 }
 
 /// `edgemlops model ...`
@@ -39,6 +64,24 @@ pub enum ModelCommand {
     Inspect(InspectArgs),
     /// Measure load time and latency distribution of one or more models with ONNX Runtime.
     Bench(BenchArgs),
+    /// Quantize a model to int8: static (QDQ, calibrated) or dynamic.
+    Quantize(crate::model::quantize::QuantizeArgs),
+    /// Optimize a graph as quantization does first (constant folding, BatchNorm folding, ...).
+    Optimize(crate::model::optimize::OptimizeArgs),
+    /// Compare a model with a reference on the same inputs (SQNR, agreement, accuracy).
+    Eval(crate::model::eval::EvalArgs),
+    /// Hub: push a signed package to the model registry (with a progress bar).
+    Push(crate::hub::PushArgs),
+    /// Hub: list the models of the registry.
+    List(crate::hub::JsonArgs),
+    /// Hub: show a model's versions, variants and aliases.
+    Show(crate::hub::ModelShowArgs),
+    /// Hub: point an alias (production, canary) at a version.
+    Alias(crate::hub::AliasArgs),
+    /// Package a model with its manifest, labels and smoke-test vectors, signed with a publisher key.
+    Package(Box<crate::model::package::PackageArgs>),
+    /// Verify a package's signature and digests (and run its smoke tests with --smoke).
+    Verify(crate::model::verify::VerifyArgs),
 }
 
 /// `edgemlops model build`

@@ -1,4 +1,6 @@
-//! The `edgemlops` command line: the model toolchain (`model build|inspect|bench`).
+//! The `edgemlops` command line: the model toolchain (`model build|inspect|bench|package|verify`)
+//! and the hub's admin client ([`hub`]: `device`, `model push|list|show|alias`, `deploy`,
+//! `rollback`, `command`, `alarm`).
 //!
 //! `main.rs` only calls [`main_entry`]; every command is a plain function over parsed arguments
 //! ([`args`]), so the integration tests drive the real binary and unit tests call functions.
@@ -7,9 +9,12 @@
 
 pub mod args;
 pub mod fmt;
+pub mod hub;
+pub mod keygen;
 pub mod model;
 pub mod plot;
 pub mod stats;
+pub mod vqi;
 
 use std::process::ExitCode;
 
@@ -41,5 +46,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(ModelCommand::Build(a)) => model::build::run(&a),
         Command::Model(ModelCommand::Inspect(a)) => model::inspect::run(&a),
         Command::Model(ModelCommand::Bench(a)) => model::bench::run(&a),
+        Command::Model(ModelCommand::Quantize(a)) => model::quantize::run(&a),
+        Command::Model(ModelCommand::Optimize(a)) => model::optimize::run(&a),
+        Command::Model(ModelCommand::Eval(a)) => model::eval::run(&a),
+        Command::Model(ModelCommand::Push(a)) => hub::push(&cli.hub, &a),
+        Command::Model(ModelCommand::List(a)) => hub::list_models(&cli.hub, &a),
+        Command::Model(ModelCommand::Show(a)) => hub::show_model(&cli.hub, &a),
+        Command::Model(ModelCommand::Alias(a)) => hub::alias(&cli.hub, &a),
+        Command::Device(c) => hub::device(&cli.hub, &c),
+        Command::Deploy(a) => hub::deploy(&cli.hub, &a),
+        Command::Rollback(a) => hub::rollback(&cli.hub, &a),
+        Command::Cmd(c) => hub::command(&cli.hub, &c),
+        Command::Alarm(c) => hub::alarm(&cli.hub, &c),
+        Command::Model(ModelCommand::Package(a)) => model::package::run(&a),
+        Command::Model(ModelCommand::Verify(a)) => model::verify::run(&a),
+        Command::Keygen(a) => keygen::run(&a),
+        Command::Vqi(c) => vqi::run(&c),
     }
 }

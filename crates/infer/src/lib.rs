@@ -5,13 +5,18 @@
 //! from the library `cargo xtask setup` caches, see [`runtime`]) and [`FakeBackend`] (no native
 //! code, for tests of code that only needs *a* session).
 //!
+//! [`preprocess`] turns JPEG/PNG images into input tensors as a manifest's pre-processing spec
+//! says, and [`npy`] reads and writes NumPy arrays (calibration, evaluation and test data).
+//!
 //! Errors are typed ([`InferError`]) so callers can tell a missing runtime from a bad model from a
 //! bad input.
 
 pub mod error;
 pub mod fake;
 pub mod machine;
+pub mod npy;
 pub mod ort_backend;
+pub mod preprocess;
 pub mod runtime;
 pub mod tensor;
 

@@ -8,14 +8,24 @@
 //! - [`tensor`]: typed access to `TensorProto` payloads and constructors.
 //! - [`inspect`]: the summary behind `edgemlops model inspect`.
 //! - [`builder`]: a small graph builder; [`zoo`] builds ResNet-50/101 and MobileNetV2 with it.
+//! - [`graph`]: a read-only index of a graph (producers, consumers, constants); [`patch`]: a graph
+//!   change computed from it and applied in one step; [`optim`]: rewrite rules per operator type
+//!   (the pre-quantization optimizer), with [`fold`] (constant evaluation), [`types`] (element-type
+//!   inference) and [`opset`] (upgrading to opset 13).
 
 pub mod builder;
 pub mod error;
+pub mod fold;
+pub mod graph;
 pub mod inspect;
 pub mod io;
+pub mod opset;
+pub mod optim;
+pub mod patch;
 pub mod proto;
 pub mod rng;
 pub mod tensor;
+pub mod types;
 pub mod walk;
 pub mod zoo;
 

@@ -97,7 +97,7 @@ pub struct ModelResult {
 }
 
 /// Parses `NAME=1x3x224x224`.
-fn parse_shape(s: &str) -> Result<(String, Vec<usize>)> {
+pub fn parse_shape(s: &str) -> Result<(String, Vec<usize>)> {
     let (name, dims) = s
         .split_once('=')
         .with_context(|| format!("--shape '{s}': expected NAME=D1xD2x..."))?;
@@ -114,7 +114,7 @@ fn parse_shape(s: &str) -> Result<(String, Vec<usize>)> {
 
 /// The concrete shape of an input: `--shape` if given, else the declared one with a dynamic
 /// first dimension set to the batch size.
-fn input_shape(
+pub fn input_shape(
     spec: &TensorSpec,
     overrides: &HashMap<String, Vec<usize>>,
     batch: usize,

@@ -6,6 +6,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod hub;
+mod packaging;
+mod quantize;
+
 fn edgemlops(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_edgemlops"))
         .args(args)

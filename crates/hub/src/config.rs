@@ -1,0 +1,555 @@
+//! The hub's configuration, in two phases: [`Config::parse`] reads and validates TOML (pure), and
+//! [`Config::resolve`] turns it into paths and addresses the server binds (IO).
+//!
+//! Every key has a default, so `edgemlops-hub serve --data-dir DIR` is a complete configuration.
+//! Every key is documented once, in [`KEYS`]; `edgemlops-hub config-reference` prints the table
+//! that `docs/hub-config.md` holds, and a test keeps the two and the defaults in agreement.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("invalid config {origin}: {message}")]
+    Syntax {
+        /// The file or `command line`.
+        origin: String,
+        /// The parser's message (with the key and the position).
+        message: String,
+    },
+    /// A value with the right type that cannot be used.
+    #[error("invalid config value {key} = '{value}': {reason}")]
+    Value {
+        /// The key.
+        key: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The whole configuration (a TOML file; unknown keys are errors).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the database, the blobs and temporary uploads.
+    pub data_dir: PathBuf,
+    /// HTTP API.
+    pub http: HttpConfig,
+    /// Device endpoint.
+    pub mqtt: MqttConfig,
+    /// Users and tokens.
+    pub auth: AuthConfig,
+    /// Model registry.
+    pub registry: RegistryConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP API.
+    pub listen: String,
+    /// Base URL devices use for downloads.
+    pub public_url: String,
+    /// Seconds to let requests finish at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[mqtt]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address of the plain MQTT endpoint.
+    pub listen: String,
+    /// Address of the MQTT over TLS endpoint.
+    pub tls_listen: String,
+    /// Certificate chain (PEM) of the TLS endpoint.
+    pub tls_cert: PathBuf,
+    /// Private key (PEM) of the TLS endpoint.
+    pub tls_key: PathBuf,
+    /// Worker threads of the device endpoint.
+    pub workers: usize,
+    /// Largest accepted MQTT packet.
+    pub max_packet_bytes: u32,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API token of the `admin` user.
+    pub admin_token: String,
+}
+
+/// `[registry]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Publisher public keys whose packages are accepted.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Largest accepted package upload.
+    pub max_package_bytes: u64,
+    /// Lifetime of download tokens.
+    pub download_token_ttl_secs: u64,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Log filter.
+    pub level: String,
+    /// `plain` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("hub-data"),
+            http: HttpConfig::default(),
+            mqtt: MqttConfig::default(),
+            auth: AuthConfig::default(),
+            registry: RegistryConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: String::new(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:1883".into(),
+            tls_listen: String::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            workers: 1,
+            max_packet_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            trusted_keys: Vec::new(),
+            max_package_bytes: 1 << 30,
+            download_token_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "plain".into(),
+        }
+    }
+}
+
+/// One documented key: its dotted name, its default as TOML, and what it does.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyDoc {
+    /// Dotted key (`mqtt.listen`).
+    pub key: &'static str,
+    /// Default value, as TOML.
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+/// Every configuration key, documented once.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: "data_dir",
+        default: r#""hub-data""#,
+        doc: "Directory of the SQLite database (`hub.db`), package blobs (`blobs/`) and upload staging \
+              (`tmp/`); relative paths are relative to the working directory. `--data-dir` overrides.",
+    },
+    KeyDoc {
+        key: "http.listen",
+        default: r#""127.0.0.1:8080""#,
+        doc: "Address of the HTTP API (`/api/v1`, `/metrics`); port 0 picks a free port. `--http` overrides.",
+    },
+    KeyDoc {
+        key: "http.public_url",
+        default: r#""""#,
+        doc: "Base URL devices use to download packages (`https://hub.example.com`); empty means \
+              `http://<bound HTTP address>`.",
+    },
+    KeyDoc {
+        key: "http.shutdown_grace_secs",
+        default: "10",
+        doc: "Seconds that running requests and device connections get to finish after SIGINT/SIGTERM.",
+    },
+    KeyDoc {
+        key: "mqtt.listen",
+        default: r#""127.0.0.1:1883""#,
+        doc: "Address of the plain MQTT device endpoint (3.1.1 and 5); empty disables it. `--mqtt` overrides.",
+    },
+    KeyDoc {
+        key: "mqtt.tls_listen",
+        default: r#""""#,
+        doc: "Address of the MQTT over TLS device endpoint; empty disables it. Needs `mqtt.tls_cert` \
+              and `mqtt.tls_key`.",
+    },
+    KeyDoc {
+        key: "mqtt.tls_cert",
+        default: r#""""#,
+        doc: "PEM file with the TLS endpoint's certificate chain.",
+    },
+    KeyDoc {
+        key: "mqtt.tls_key",
+        default: r#""""#,
+        doc: "PEM file with the TLS endpoint's private key (PKCS#8, PKCS#1 or SEC1).",
+    },
+    KeyDoc {
+        key: "mqtt.workers",
+        default: "1",
+        doc: "Threads that run device connections.",
+    },
+    KeyDoc {
+        key: "mqtt.max_packet_bytes",
+        default: "262144",
+        doc: "Largest MQTT packet a device may send; larger ones close the connection.",
+    },
+    KeyDoc {
+        key: "auth.admin_token",
+        default: r#""""#,
+        doc: "API token of the `admin` user. Empty: a random token is made at the first start and \
+              printed once. `--admin-token` overrides.",
+    },
+    KeyDoc {
+        key: "registry.trusted_keys",
+        default: "[]",
+        doc: "Publisher public key files (as written by `edgemlops keygen`); a pushed package must be \
+              signed by one of them. Empty: every push is refused.",
+    },
+    KeyDoc {
+        key: "registry.max_package_bytes",
+        default: "1073741824",
+        doc: "Largest package upload in bytes; a larger upload is refused and nothing is stored.",
+    },
+    KeyDoc {
+        key: "registry.download_token_ttl_secs",
+        default: "86400",
+        doc: "Lifetime of the token in package download URLs; a re-sent command carries a fresh one.",
+    },
+    KeyDoc {
+        key: "log.level",
+        default: r#""info""#,
+        doc: "Log filter (`info`, `debug`, `hub=debug,info`); the `EDGEMLOPS_LOG` environment variable \
+              overrides.",
+    },
+    KeyDoc {
+        key: "log.format",
+        default: r#""plain""#,
+        doc: "Log format on stderr: `plain` or `json`; `EDGEMLOPS_LOG_FORMAT` overrides.",
+    },
+];
+
+/// The reference of every key as Markdown (what `docs/hub-config.md` holds).
+pub fn reference_markdown() -> String {
+    let mut s = String::from(
+        "# edgemlops-hub configuration\n\n\
+         Generated by `edgemlops-hub config-reference`; a test keeps it current.\n\n\
+         `edgemlops-hub serve --config FILE` reads a TOML file with these keys (dotted keys are\n\
+         `[section]` tables). Every key has a default, so `edgemlops-hub serve --data-dir DIR` is\n\
+         enough to start; `--data-dir`, `--http`, `--mqtt` and `--admin-token` override the file.\n\n\
+         | key | default | meaning |\n|---|---|---|\n",
+    );
+    for k in KEYS {
+        s.push_str(&format!(
+            "| `{}` | `{}` | {} |\n",
+            k.key,
+            k.default,
+            k.doc.replace('\n', " ")
+        ));
+    }
+    s
+}
+
+/// Command-line values that take precedence over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--http`
+    pub http: Option<String>,
+    /// `--mqtt`
+    pub mqtt: Option<String>,
+    /// `--admin-token`
+    pub admin_token: Option<String>,
+}
+
+/// Addresses and paths ready to bind and open.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The validated configuration.
+    pub config: Config,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// Plain MQTT address, if enabled.
+    pub mqtt: Option<SocketAddr>,
+    /// TLS MQTT address, if enabled.
+    pub mqtt_tls: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Parses TOML text (`origin` names it in errors) and applies the overrides.
+    pub fn parse(text: &str, origin: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        if let Some(d) = &overrides.data_dir {
+            config.data_dir.clone_from(d);
+        }
+        if let Some(a) = &overrides.http {
+            config.http.listen.clone_from(a);
+        }
+        if let Some(a) = &overrides.mqtt {
+            config.mqtt.listen.clone_from(a);
+        }
+        if let Some(t) = &overrides.admin_token {
+            config.auth.admin_token.clone_from(t);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a file (or nothing: all defaults) and applies the overrides.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text, &p.display().to_string(), overrides)
+            }
+            None => Self::parse("", "defaults", overrides),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let value = |key, value: &dyn std::fmt::Display, reason: &str| ConfigError::Value {
+            key,
+            value: value.to_string(),
+            reason: reason.to_owned(),
+        };
+        parse_addr("http.listen", &self.http.listen)?;
+        if !self.mqtt.listen.is_empty() {
+            parse_addr("mqtt.listen", &self.mqtt.listen)?;
+        }
+        if !self.mqtt.tls_listen.is_empty() {
+            parse_addr("mqtt.tls_listen", &self.mqtt.tls_listen)?;
+            if self.mqtt.tls_cert.as_os_str().is_empty() || self.mqtt.tls_key.as_os_str().is_empty() {
+                return Err(value(
+                    "mqtt.tls_listen",
+                    &self.mqtt.tls_listen,
+                    "the TLS endpoint needs mqtt.tls_cert and mqtt.tls_key",
+                ));
+            }
+        }
+        if self.mqtt.listen.is_empty() && self.mqtt.tls_listen.is_empty() {
+            return Err(value(
+                "mqtt.listen",
+                &"",
+                "at least one of mqtt.listen and mqtt.tls_listen must be set",
+            ));
+        }
+        if self.mqtt.workers == 0 || self.mqtt.workers > 64 {
+            return Err(value("mqtt.workers", &self.mqtt.workers, "must be 1 to 64"));
+        }
+        if self.mqtt.max_packet_bytes < 1024 {
+            return Err(value(
+                "mqtt.max_packet_bytes",
+                &self.mqtt.max_packet_bytes,
+                "must be at least 1024",
+            ));
+        }
+        let t = &self.auth.admin_token;
+        if !t.is_empty() && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control())) {
+            return Err(value(
+                "auth.admin_token",
+                &"<hidden>",
+                "must be at least 16 characters without spaces",
+            ));
+        }
+        if self.registry.max_package_bytes == 0 {
+            return Err(value("registry.max_package_bytes", &0, "must be positive"));
+        }
+        if self.registry.download_token_ttl_secs == 0 {
+            return Err(value("registry.download_token_ttl_secs", &0, "must be positive"));
+        }
+        if !matches!(self.log.format.as_str(), "plain" | "json") {
+            return Err(value("log.format", &self.log.format, "must be plain or json"));
+        }
+        let pu = &self.http.public_url;
+        if !(pu.is_empty() || pu.starts_with("http://") || pu.starts_with("https://")) {
+            return Err(value(
+                "http.public_url",
+                pu,
+                "must start with http:// or https://",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The addresses to bind.
+    pub fn resolve(self) -> Result<Resolved, ConfigError> {
+        let http = parse_addr("http.listen", &self.http.listen)?;
+        let mqtt = (!self.mqtt.listen.is_empty())
+            .then(|| parse_addr("mqtt.listen", &self.mqtt.listen))
+            .transpose()?;
+        let mqtt_tls = (!self.mqtt.tls_listen.is_empty())
+            .then(|| parse_addr("mqtt.tls_listen", &self.mqtt.tls_listen))
+            .transpose()?;
+        Ok(Resolved {
+            config: self,
+            http,
+            mqtt,
+            mqtt_tls,
+        })
+    }
+}
+
+fn parse_addr(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ConfigError::Value {
+            key,
+            value: s.to_owned(),
+            reason: "not a socket address (HOST:PORT)".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_owned(), other.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented_once_with_its_real_default() {
+        let mut defaults = BTreeMap::new();
+        flatten(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut defaults,
+        );
+        let documented: Vec<&str> = KEYS.iter().map(|k| k.key).collect();
+        let mut sorted = documented.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), documented.len(), "a key is documented twice");
+        assert_eq!(
+            defaults.keys().map(String::as_str).collect::<Vec<_>>(),
+            sorted,
+            "KEYS must list exactly the keys of Config"
+        );
+        for k in KEYS {
+            // The documented default, read as TOML, is the real default.
+            let doc: toml::Value = toml::from_str(&format!("x = {}", k.default)).unwrap();
+            let doc = serde_json::to_value(&doc["x"]).unwrap();
+            assert_eq!(doc, defaults[k.key], "documented default of {}", k.key);
+        }
+    }
+
+    #[test]
+    fn docs_hub_config_md_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/hub-config.md");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == reference_markdown(),
+            "docs/hub-config.md is stale: run `cargo run -p hub -- config-reference > docs/hub-config.md`"
+        );
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults_and_overrides_win() {
+        assert_eq!(
+            Config::parse("", "t", &Overrides::default()).unwrap(),
+            Config::default()
+        );
+        let o = Overrides {
+            data_dir: Some("/d".into()),
+            http: Some("127.0.0.1:0".into()),
+            mqtt: Some("127.0.0.1:0".into()),
+            admin_token: Some("0123456789abcdef0".into()),
+        };
+        let c = Config::parse("[http]\nlisten = \"0.0.0.0:9\"\n", "t", &o).unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:0");
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        assert_eq!(c.auth.admin_token, "0123456789abcdef0");
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        for (text, needle) in [
+            ("[http]\nlisten = \"nowhere\"", "http.listen"),
+            ("[http]\nlistn = \"x\"", "unknown field"),
+            ("[mqtt]\nworkers = 0", "mqtt.workers"),
+            ("[mqtt]\ntls_listen = \"127.0.0.1:0\"", "tls_cert"),
+            ("[mqtt]\nlisten = \"\"", "at least one"),
+            ("[auth]\nadmin_token = \"short\"", "auth.admin_token"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[http]\npublic_url = \"ftp://x\"", "http.public_url"),
+            ("data_dir = 3", "invalid type"),
+        ] {
+            let e = Config::parse(text, "t", &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The database: a SQLite file in WAL mode through sqlx, and the embedded migrations.
+//!
+//! Migrations are plain SQL files under `crates/hub/migrations/`, embedded at compile time and
+//! applied in order at start (sqlx's migrator keeps the applied set and checksums in
+//! `_sqlx_migrations`). They are written to run unchanged on PostgreSQL (see the header of
+//! `0001_init.sql`), and the queries use `$n` placeholders, which both engines accept.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+/// The pool type of the embedded default.
+pub type Pool = sqlx::SqlitePool;
+
+/// Migrations, in order: (version, description, SQL).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Opening or configuring the file failed.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// sqlx's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("cannot migrate database {path}: {source}")]
+    Migrate {
+        /// The database file.
+        path: String,
+        /// sqlx's error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+fn migrator() -> Migrator {
+    let migrations: Vec<Migration> = MIGRATIONS
+        .iter()
+        .map(|(v, d, sql)| {
+            Migration::new(
+                *v,
+                Cow::Borrowed(*d),
+                MigrationType::Simple,
+                Cow::Borrowed(*sql),
+                false,
+            )
+        })
+        .collect();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+/// Opens (creating if needed) the database file and applies pending migrations.
+///
+/// WAL with `synchronous = NORMAL`: a committed transaction survives the process being killed
+/// (it is in the WAL file, written before the commit returns); only an operating-system crash
+/// can lose the last commits. That is the guarantee behind acknowledging a QoS 1 message after
+/// its transaction commits.
+pub async fn open(path: &Path) -> Result<Pool, DbError> {
+    let shown = path.display().to_string();
+    let options = SqliteConnectOptions::from_str("sqlite://")
+        .map_err(|source| DbError::Open {
+            path: shown.clone(),
+            source,
+        })?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(|source| DbError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+    migrator()
+        .run(&pool)
+        .await
+        .map_err(|source| DbError::Migrate { path: shown, source })?;
+    Ok(pool)
+}

@@ -1,0 +1,97 @@
+//! The hub's error type: what went wrong, with the context a person needs (which device, model,
+//! file), and the HTTP status it becomes at the API boundary (`api::error`).
+
+/// An error of a hub operation.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// A named thing does not exist.
+    #[error("{what} '{id}' not found")]
+    NotFound {
+        /// What kind of thing (`device`, `model`, ...).
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The request contradicts what is stored (a duplicate id, a different package under an
+    /// existing name and version).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed or asks for something impossible.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No credentials, or credentials that are not valid.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the right to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A package that failed verification (signature, digests, manifest).
+    #[error("package refused: {0}")]
+    PackageRefused(String),
+    /// An upload over the size limit.
+    #[error("upload refused: larger than the limit of {limit} bytes (registry.max_package_bytes)")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// A Range header the blob cannot satisfy.
+    #[error("range not satisfiable: {range} of a {size}-byte package")]
+    RangeNotSatisfiable {
+        /// The Range header.
+        range: String,
+        /// Size of the blob.
+        size: u64,
+    },
+    /// The database failed.
+    #[error("database error while {context}: {source}")]
+    Db {
+        /// What the hub was doing.
+        context: &'static str,
+        /// sqlx's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The blob store failed.
+    #[error("blob store error while {context}: {source}")]
+    Blob {
+        /// What the hub was doing.
+        context: String,
+        /// object_store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the hub was doing, with the path.
+        context: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Open(#[from] crate::db::DbError),
+    /// The hub is shutting down or a background task is gone.
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+impl HubError {
+    /// `NotFound` shorthand.
+    pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound { what, id: id.into() }
+    }
+}
+
+/// Adds context to sqlx results.
+pub trait DbContext<T> {
+    /// Wraps a database error with what the hub was doing.
+    fn db(self, context: &'static str) -> Result<T, HubError>;
+}
+
+impl<T> DbContext<T> for Result<T, sqlx::Error> {
+    fn db(self, context: &'static str) -> Result<T, HubError> {
+        self.map_err(|source| HubError::Db { context, source })
+    }
+}

@@ -1,0 +1,530 @@
+//! The device endpoint: MQTT 3.1.1 and 5 with ntex-mqtt, plain and (optionally) TLS with rustls.
+//!
+//! ntex runs its own single-threaded runtimes (on tokio, the `tokio` feature of `ntex-net`), so
+//! the endpoint lives on a thread of its own with `mqtt.workers` worker threads; it reaches the
+//! rest of the hub through [`Hub`] (thread-safe) and receives messages for devices through the
+//! [`crate::transport::Connections`] registry. Per connection:
+//!
+//! - CONNECT is checked by [`Hub::authenticate_device`]; a refusal becomes the protocol's return
+//!   code (v3.1.1) or reason code (v5).
+//! - PUBLISH is checked and stored by [`Hub::ingest`] before the handler returns, and ntex-mqtt
+//!   sends PUBACK only when it returns: QoS 1 is acknowledged after storing. A topic outside the
+//!   prefix gets PUBACK 0x87 (v5, QoS 1) or a disconnect (v5 QoS 0: DISCONNECT 0x87; v3.1.1).
+//! - SUBSCRIBE outside the prefix: SUBACK 0x87 per filter (v5), disconnect (v3.1.1). Accepted
+//!   filters are kept, and pending commands matching them are sent (retained), as a broker would
+//!   deliver retained messages.
+//! - The last will was checked at CONNECT; it is stored like a publish when the connection ends
+//!   without a clean DISCONNECT (or with v5 reason 0x04).
+//! - A newer connection of the same device takes over: the older one is closed (v5: 0x8E).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ntex_bytes::{ByteString, Bytes};
+use ntex_mqtt::v5::codec::{DisconnectReasonCode, PublishAckReason, SubscribeAckReason};
+use ntex_mqtt::{Control, MqttServer, MqttServiceConfig, QoS, Reason, v3, v5};
+use ntex_service::cfg::SharedCfg;
+use proto::DeviceId;
+
+use crate::state::{ConnectRefusal, Hub, PublishRefusal};
+use crate::transport::{CloseReason, Outbound, filter_matches};
+
+/// Why a connection's handler failed; decides how the connection ends.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// Not allowed (a publish outside the prefix): v3.1.1 disconnect, v5 DISCONNECT 0x87.
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    /// The message could not be stored: disconnect without acknowledging (the device resends).
+    #[error("cannot store: {0}")]
+    Storage(String),
+    /// Reading the payload failed.
+    #[error("payload: {0}")]
+    Payload(String),
+}
+
+impl From<()> for EndpointError {
+    fn from((): ()) -> Self {
+        Self::Storage("internal error".into())
+    }
+}
+
+impl TryFrom<EndpointError> for v5::PublishAck {
+    type Error = EndpointError;
+
+    fn try_from(err: EndpointError) -> Result<Self, Self::Error> {
+        Err(err)
+    }
+}
+
+/// One way to write to a device.
+#[derive(Clone)]
+enum Sink {
+    V3(v3::MqttSink),
+    V5(v5::MqttSink),
+}
+
+impl Sink {
+    fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        let topic = ByteString::from(topic);
+        let payload = Bytes::from(payload);
+        match self {
+            Self::V3(s) => {
+                let mut b = s.publish(topic);
+                if retain {
+                    b = b.retain();
+                }
+                ntex_rt::spawn(async move {
+                    if let Err(e) = b.send_at_least_once(payload).await {
+                        tracing::debug!(error = ?e, "publish to device not acknowledged");
+                    }
+                });
+            }
+            Self::V5(s) => {
+                let b = s.publish(topic).retain(retain);
+                ntex_rt::spawn(async move {
+                    if let Err(e) = b.send_at_least_once(payload).await {
+                        tracing::debug!(error = ?e, "publish to device not acknowledged");
+                    }
+                });
+            }
+        }
+    }
+
+    fn close(&self, reason: CloseReason) {
+        match self {
+            Self::V3(s) => s.close(),
+            Self::V5(s) => s.close_with_reason(v5::codec::Disconnect {
+                reason_code: match reason {
+                    CloseReason::TakenOver => DisconnectReasonCode::SessionTakenOver,
+                    CloseReason::Revoked => DisconnectReasonCode::NotAuthorized,
+                    CloseReason::ServerShutdown => DisconnectReasonCode::ServerShuttingDown,
+                },
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// The state of one device connection (lives on its worker thread).
+struct DeviceSession {
+    hub: Arc<Hub>,
+    device: DeviceId,
+    sink: Sink,
+    subscriptions: Rc<RefCell<Vec<String>>>,
+    /// Set by a clean DISCONNECT: the last will is not published.
+    graceful: Rc<Cell<bool>>,
+}
+
+impl DeviceSession {
+    /// Publishes to the device if it subscribed to a matching filter (as a broker would).
+    fn deliver(&self, message: Outbound) {
+        deliver(&self.sink, &self.subscriptions, &self.device, message);
+    }
+}
+
+fn deliver(sink: &Sink, subscriptions: &RefCell<Vec<String>>, device: &DeviceId, message: Outbound) {
+    match message {
+        Outbound::Publish {
+            topic,
+            payload,
+            retain,
+        } => {
+            if subscriptions.borrow().iter().any(|f| filter_matches(f, &topic)) {
+                sink.publish(topic, payload, retain);
+            } else {
+                tracing::debug!(device = %device, %topic, "device has no matching subscription; not sent");
+            }
+        }
+        Outbound::Close(reason) => {
+            tracing::info!(device = %device, ?reason, "closing device connection");
+            sink.close(reason);
+        }
+    }
+}
+
+/// Accepts a device: registers the connection, starts the task that writes hub messages to it
+/// and the one that cleans up (last will, registry) when it ends.
+fn accept(
+    hub: &Arc<Hub>,
+    device: DeviceId,
+    sink: Sink,
+    io: &ntex_io::IoBoxed,
+    will: Option<(String, Vec<u8>)>,
+) -> DeviceSession {
+    let (conn, mut rx) = hub.connections.register(&device);
+    let session = DeviceSession {
+        hub: hub.clone(),
+        device: device.clone(),
+        sink: sink.clone(),
+        subscriptions: Rc::default(),
+        graceful: Rc::default(),
+    };
+    let subscriptions = session.subscriptions.clone();
+    let writer_device = device.clone();
+    ntex_rt::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            let close = matches!(message, Outbound::Close(_));
+            deliver(&sink, &subscriptions, &writer_device, message);
+            if close {
+                break;
+            }
+        }
+    });
+    let disconnected = io.on_disconnect();
+    let graceful = session.graceful.clone();
+    let hub = hub.clone();
+    ntex_rt::spawn(async move {
+        disconnected.await;
+        if !graceful.get()
+            && let Some((topic, payload)) = will
+        {
+            match hub.ingest(&device, &topic, &payload).await {
+                Ok(_) => tracing::info!(device = %device, %topic, "last will stored"),
+                Err(e) => tracing::warn!(device = %device, %topic, error = %e, "last will not stored"),
+            }
+        }
+        hub.device_disconnected(&device, conn).await;
+    });
+    session
+}
+
+async fn connect_v3(hub: Arc<Hub>, c: v3::Connect) -> Result<v3::ConnectAck<DeviceSession>, EndpointError> {
+    let p = c.packet();
+    let will = p
+        .last_will
+        .as_ref()
+        .map(|w| (w.topic.to_string(), w.message.to_vec()));
+    let checked = hub
+        .authenticate_device(
+            &p.client_id,
+            p.username.as_deref(),
+            p.password.as_deref(),
+            will.as_ref().map(|w| w.0.as_str()),
+        )
+        .await;
+    let device = match checked {
+        Ok(d) => d,
+        Err(ConnectRefusal::BadIdentifier(_)) => return Ok(c.identifier_rejected()),
+        Err(ConnectRefusal::BadCredentials(_)) => return Ok(c.bad_username_or_pwd()),
+        Err(ConnectRefusal::NotAuthorized(_)) => return Ok(c.not_authorized()),
+        Err(ConnectRefusal::Unavailable(_)) => return Ok(c.service_unavailable()),
+    };
+    let session = accept(&hub, device.clone(), Sink::V3(c.sink()), c.io(), will);
+    hub.device_connected(&device).await;
+    Ok(c.ack(session, false))
+}
+
+async fn connect_v5(hub: Arc<Hub>, c: v5::Connect) -> Result<v5::ConnectAck<DeviceSession>, EndpointError> {
+    use v5::codec::ConnectAckReason as R;
+    let p = c.packet();
+    let will = p
+        .last_will
+        .as_ref()
+        .map(|w| (w.topic.to_string(), w.message.to_vec()));
+    let checked = hub
+        .authenticate_device(
+            &p.client_id,
+            p.username.as_deref(),
+            p.password.as_deref(),
+            will.as_ref().map(|w| w.0.as_str()),
+        )
+        .await;
+    let device = match checked {
+        Ok(d) => d,
+        Err(ConnectRefusal::BadIdentifier(_)) => return Ok(c.failed(R::ClientIdentifierNotValid)),
+        Err(ConnectRefusal::BadCredentials(_)) => return Ok(c.failed(R::BadUserNameOrPassword)),
+        Err(ConnectRefusal::NotAuthorized(_)) => return Ok(c.failed(R::NotAuthorized)),
+        Err(ConnectRefusal::Unavailable(_)) => return Ok(c.failed(R::ServerUnavailable)),
+    };
+    let session = accept(&hub, device.clone(), Sink::V5(c.sink()), c.io(), will);
+    hub.device_connected(&device).await;
+    Ok(c.ack(session))
+}
+
+/// Checks and stores a publish; asks the connection to clear a finished command.
+async fn store(session: &DeviceSession, topic: &str, payload: &[u8]) -> Result<(), PublishRefusal> {
+    let outcome = session.hub.ingest(&session.device, topic, payload).await?;
+    if let Some(clear) = Hub::clear_command(&session.device, &outcome) {
+        session.deliver(clear);
+    }
+    Ok(())
+}
+
+async fn publish_v3(session: &v3::Session<DeviceSession>, p: v3::Publish) -> Result<(), EndpointError> {
+    let payload = p
+        .read_all()
+        .await
+        .map_err(|e| EndpointError::Payload(e.to_string()))?;
+    match store(session, p.publish_topic(), &payload).await {
+        Ok(()) => Ok(()),
+        Err(PublishRefusal::NotAuthorized(e)) => Err(EndpointError::NotAuthorized(e.to_string())),
+        // 3.1.1 cannot say "refused" in a PUBACK; disconnecting would only make the device
+        // resend the same bad message forever. It is counted and logged, not stored.
+        Err(PublishRefusal::InvalidPayload(_)) => Ok(()),
+        Err(PublishRefusal::Storage(e)) => Err(EndpointError::Storage(e.to_string())),
+    }
+}
+
+async fn publish_v5(
+    session: &v5::Session<DeviceSession>,
+    p: v5::Publish,
+) -> Result<v5::PublishAck, EndpointError> {
+    let payload = p
+        .read_all()
+        .await
+        .map_err(|e| EndpointError::Payload(e.to_string()))?;
+    let qos0 = p.qos() == QoS::AtMostOnce;
+    match store(session, p.publish_topic(), &payload).await {
+        Ok(()) => Ok(p.ack()),
+        Err(PublishRefusal::NotAuthorized(e)) if qos0 => Err(EndpointError::NotAuthorized(e.to_string())),
+        Err(PublishRefusal::NotAuthorized(e)) => Ok(p
+            .ack()
+            .reason_code(PublishAckReason::NotAuthorized)
+            .reason(ByteString::from(e.to_string()))),
+        Err(PublishRefusal::InvalidPayload(e)) => Ok(p
+            .ack()
+            .reason_code(PublishAckReason::PayloadFormatInvalid)
+            .reason(ByteString::from(e.to_string()))),
+        Err(PublishRefusal::Storage(e)) => Err(EndpointError::Storage(e.to_string())),
+    }
+}
+
+/// Grants QoS 0 or 1 (commands are sent with QoS 1; QoS 2 is not offered).
+fn granted(q: QoS) -> QoS {
+    if q == QoS::AtMostOnce {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+async fn subscribed(session: &DeviceSession, accepted: Vec<String>) {
+    if accepted.is_empty() {
+        return;
+    }
+    session
+        .subscriptions
+        .borrow_mut()
+        .extend(accepted.iter().cloned());
+    for message in session.hub.subscribed(&session.device, &accepted).await {
+        session.deliver(message);
+    }
+}
+
+async fn protocol_v3(
+    session: &v3::Session<DeviceSession>,
+    msg: v3::ProtocolMessage,
+) -> Result<v3::ProtocolMessageAck, EndpointError> {
+    match msg {
+        v3::ProtocolMessage::Subscribe(mut s) => {
+            let mut accepted = Vec::new();
+            let mut refused = false;
+            for mut sub in s.iter_mut() {
+                let filter = sub.topic().to_string();
+                if session.hub.check_subscription(&session.device, &filter).is_ok() {
+                    sub.confirm(granted(sub.qos()));
+                    accepted.push(filter);
+                } else {
+                    refused = true;
+                }
+            }
+            if refused {
+                // DESIGN.md section 3: outside the prefix, v3.1.1 is disconnected.
+                return Ok(v3::ProtocolMessage::Subscribe(s).disconnect());
+            }
+            let ack = s.ack();
+            subscribed(session, accepted).await;
+            Ok(ack)
+        }
+        v3::ProtocolMessage::Unsubscribe(s) => {
+            let gone: Vec<String> = s.iter().map(ToString::to_string).collect();
+            session.subscriptions.borrow_mut().retain(|f| !gone.contains(f));
+            Ok(s.ack())
+        }
+        v3::ProtocolMessage::Disconnect(d) => {
+            session.graceful.set(true);
+            Ok(d.ack())
+        }
+        other => Ok(other.ack()),
+    }
+}
+
+async fn protocol_v5(
+    session: &v5::Session<DeviceSession>,
+    msg: v5::ProtocolMessage,
+) -> Result<v5::ProtocolMessageAck, EndpointError> {
+    match msg {
+        v5::ProtocolMessage::Subscribe(mut s) => {
+            let mut accepted = Vec::new();
+            for mut sub in s.iter_mut() {
+                let filter = sub.topic().to_string();
+                if session.hub.check_subscription(&session.device, &filter).is_ok() {
+                    sub.confirm(granted(sub.options().qos));
+                    accepted.push(filter);
+                } else {
+                    sub.fail(SubscribeAckReason::NotAuthorized);
+                }
+            }
+            let ack = s.ack();
+            subscribed(session, accepted).await;
+            Ok(ack)
+        }
+        v5::ProtocolMessage::Unsubscribe(s) => {
+            let gone: Vec<String> = s.iter().map(ToString::to_string).collect();
+            session.subscriptions.borrow_mut().retain(|f| !gone.contains(f));
+            Ok(s.ack())
+        }
+        v5::ProtocolMessage::Disconnect(d) => {
+            let with_will = d.packet().reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+            session.graceful.set(!with_will);
+            Ok(d.ack())
+        }
+        other => Ok(other.ack()),
+    }
+}
+
+async fn control_v5(ctl: Control<EndpointError>) -> Result<Option<v5::codec::Encoded>, EndpointError> {
+    let reason_code = match &ctl {
+        Control::Stop(Reason::Error(e)) => match e.get_ref() {
+            EndpointError::NotAuthorized(_) => DisconnectReasonCode::NotAuthorized,
+            EndpointError::Storage(_) => DisconnectReasonCode::UnspecifiedError,
+            EndpointError::Payload(_) => DisconnectReasonCode::PayloadFormatInvalid,
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(
+        v5::codec::Packet::from(v5::codec::Disconnect {
+            reason_code,
+            ..Default::default()
+        })
+        .into(),
+    ))
+}
+
+async fn control_v3(_ctl: Control<EndpointError>) -> Result<Option<v3::codec::Encoded>, EndpointError> {
+    Ok(None)
+}
+
+/// The MQTT service (both protocol versions) for one worker (a macro: the factory's type is
+/// unnameable).
+macro_rules! mqtt_service {
+    ($hub:expr) => {{
+        let h3: Arc<Hub> = $hub;
+        let h5 = h3.clone();
+        MqttServer::new()
+            .v3(
+                v3::MqttServer::new(async |s: &v3::Session<DeviceSession>, p| publish_v3(s, p).await)
+                    .control(control_v3)
+                    .protocol(async |s: &v3::Session<DeviceSession>, m| protocol_v3(s, m).await)
+                    .build(move |c| connect_v3(h3.clone(), c)),
+            )
+            .v5(
+                v5::MqttServer::new(async |s: &v5::Session<DeviceSession>, p| publish_v5(s, p).await)
+                    .control(control_v5)
+                    .protocol(async |s: &v5::Session<DeviceSession>, m| protocol_v5(s, m).await)
+                    .build(move |c| connect_v5(h5.clone(), c)),
+            )
+    }};
+}
+
+/// The running endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Bound plain address.
+    pub plain: Option<SocketAddr>,
+    /// Bound TLS address.
+    pub tls: Option<SocketAddr>,
+    server: ntex_server::Server<ntex_server::net::Connection>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Listeners the endpoint serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain MQTT.
+    pub plain: Option<std::net::TcpListener>,
+    /// MQTT over TLS with its rustls configuration.
+    pub tls: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+/// Starts the endpoint on its own thread.
+pub fn start(
+    hub: Arc<Hub>,
+    listeners: Listeners,
+    workers: usize,
+    max_packet_bytes: u32,
+) -> std::io::Result<Endpoint> {
+    let plain = listeners
+        .plain
+        .as_ref()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?;
+    let tls = listeners.tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+    let (ready_tx, ready_rx) =
+        std::sync::mpsc::channel::<std::io::Result<ntex_server::Server<ntex_server::net::Connection>>>();
+    let thread = std::thread::Builder::new().name("mqtt".into()).spawn(move || {
+        let system = ntex_rt::System::build()
+            .name("mqtt")
+            .disable_signals()
+            .build(ntex_net::DefaultRuntime);
+        let result = system.block_on(async move {
+            let cfg = || -> SharedCfg {
+                SharedCfg::new("MQTT")
+                    .add(MqttServiceConfig::new().set_max_size(max_packet_bytes))
+                    .into()
+            };
+            let built = (|| -> std::io::Result<_> {
+                let mut builder = ntex_server::net::build().workers(workers).disable_signals();
+                if let Some(l) = listeners.plain {
+                    let hub = hub.clone();
+                    builder = builder.listen("mqtt", l, cfg(), async move |_| mqtt_service!(hub.clone()))?;
+                }
+                if let Some((l, config)) = listeners.tls {
+                    let hub = hub.clone();
+                    builder = builder.listen("mqtts", l, cfg(), async move |_| {
+                        ntex_service::service(ntex_tls::rustls::TlsAcceptor::new(config.clone()))
+                            .map_err(|e| tracing::debug!(error = ?e, "TLS handshake failed"))
+                            .and_then(ntex_service::service(mqtt_service!(hub.clone())).map_err(
+                                |e| tracing::debug!(error = ?e, "device connection ended with an error"),
+                            ))
+                    })?;
+                }
+                Ok(builder.run())
+            })();
+            match built {
+                Ok(server) => {
+                    let _ = ready_tx.send(Ok(server.clone()));
+                    server.await
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    Ok(())
+                }
+            }
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "device endpoint stopped with an error");
+        }
+    })?;
+    let server = ready_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the device endpoint thread ended during start"))??;
+    Ok(Endpoint {
+        plain,
+        tls,
+        server,
+        thread,
+    })
+}
+
+impl Endpoint {
+    /// Stops accepting, closes device connections, and waits for the endpoint thread.
+    pub async fn stop(self, hub: &Hub) {
+        hub.connections.close_all(CloseReason::ServerShutdown);
+        self.server.stop(true).await;
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}

@@ -37,20 +37,48 @@ const VARIANTS: [Variant; 3] = [
     Variant {
         label: "static S8S8",
         stem: "s8s8",
-        ours: &["--mode", "static", "--activations", "s8", "--per-channel"],
-        python: &["--mode", "static", "--activations", "s8", "--per-channel"],
+        ours: &[
+            "--mode",
+            "static",
+            "--activations",
+            "s8",
+            "--per-channel",
+            "--reduce-range",
+        ],
+        python: &[
+            "--mode",
+            "static",
+            "--activations",
+            "s8",
+            "--per-channel",
+            "--reduce-range",
+        ],
     },
     Variant {
         label: "static U8S8",
         stem: "u8s8",
-        ours: &["--mode", "static", "--activations", "u8", "--per-channel"],
-        python: &["--mode", "static", "--activations", "u8", "--per-channel"],
+        ours: &[
+            "--mode",
+            "static",
+            "--activations",
+            "u8",
+            "--per-channel",
+            "--reduce-range",
+        ],
+        python: &[
+            "--mode",
+            "static",
+            "--activations",
+            "u8",
+            "--per-channel",
+            "--reduce-range",
+        ],
     },
     Variant {
         label: "dynamic S8",
         stem: "dyn",
-        ours: &["--mode", "dynamic", "--per-channel"],
-        python: &["--mode", "dynamic", "--per-channel"],
+        ours: &["--mode", "dynamic", "--per-channel", "--reduce-range"],
+        python: &["--mode", "dynamic", "--per-channel", "--reduce-range"],
     },
 ];
 
@@ -70,30 +98,45 @@ const CALIBRATION_BATCH: &str = "1";
 struct Options {
     runs: u32,
     models: Vec<(&'static str, &'static str)>,
+    /// Free text about the conditions (e.g. other jobs sharing the CPU), printed with the machine.
+    note: Option<String>,
+    /// An `edgemlops` binary to use instead of building the release one (a shared working tree
+    /// where others' edits would trigger a rebuild in the middle of a measurement session).
+    cli: Option<PathBuf>,
 }
 
 fn parse(args: &[&str]) -> Result<Options> {
     let mut o = Options {
         runs: 100,
         models: MODELS.to_vec(),
+        note: None,
+        cli: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
             "--runs" => o.runs = it.next().context("--runs takes a number")?.parse()?,
+            "--note" => o.note = Some(it.next().context("--note takes a text")?.to_string()),
+            "--cli" => o.cli = Some(PathBuf::from(it.next().context("--cli takes a path")?)),
             "--models" => {
                 let want: Vec<&str> = it.next().context("--models takes a list")?.split(',').collect();
-                o.models = MODELS
+                // In the order given: results are written after each model, so a session short of
+                // time can measure the most important ones first.
+                o.models = want
                     .iter()
-                    .copied()
-                    .filter(|(_, arch)| want.contains(arch))
-                    .collect();
-                if o.models.is_empty() {
-                    bail!("--models: none of {want:?} is one of resnet50, resnet101, mobilenetv2");
-                }
+                    .map(|w| {
+                        MODELS
+                            .iter()
+                            .copied()
+                            .find(|(_, arch)| arch == w)
+                            .with_context(|| {
+                                format!("--models: '{w}' is not one of resnet50, resnet101, mobilenetv2")
+                            })
+                    })
+                    .collect::<Result<_>>()?;
             }
             other => bail!(
-                "usage: cargo xtask bench quantization [--runs N] [--models resnet50,resnet101,mobilenetv2] (got '{other}')"
+                "usage: cargo xtask bench quantization [--runs N] [--models resnet50,resnet101,mobilenetv2] [--note TEXT] [--cli PATH] (got '{other}')"
             ),
         }
     }
@@ -244,7 +287,12 @@ fn f(v: &Value) -> f64 {
 pub fn run(args: &[&str]) -> Result<()> {
     let o = parse(args)?;
     setup::setup()?;
-    let bin = release_cli()?;
+    let bin = match &o.cli {
+        Some(p) if p.is_file() => p.clone(),
+        Some(p) => bail!("--cli {}: no such file", p.display()),
+        None => release_cli()?,
+    };
+    let load_before = load_average();
     let py = python_env()?;
     let script = workspace_root().join("bench").join("ort_quantize.py");
     let work = util::target_dir()?.join("bench-quantization");
@@ -343,6 +391,7 @@ pub fn run(args: &[&str]) -> Result<()> {
                 &s(&out),
                 "--plot",
                 &s(&svg),
+                "--interleave",
             ]);
             timed(&mut cmd)?;
             if *arch == "resnet50" && threads == 1 {
@@ -355,7 +404,22 @@ pub fn run(args: &[&str]) -> Result<()> {
             "model": label, "arch": arch, "fp32_size_bytes": std::fs::metadata(&fp32)?.len(),
             "variants": variants, "latency": latency,
         }));
+        let md = write_results(&o, &rows, figure.as_deref(), load_before)?;
+        if rows.len() == o.models.len() {
+            print!("{md}");
+        }
     }
+    Ok(())
+}
+
+/// Writes `bench/results/quantization.{json,md,svg}` for the models measured so far; returns the
+/// Markdown.
+fn write_results(
+    o: &Options,
+    rows: &[Value],
+    figure: Option<&Path>,
+    load_before: Option<f64>,
+) -> Result<String> {
     let results = workspace_root().join("bench").join("results");
     std::fs::create_dir_all(&results)?;
     let machine = rows
@@ -365,7 +429,9 @@ pub fn run(args: &[&str]) -> Result<()> {
     let doc = json!({
         "benchmark": "quantization", "runs": o.runs, "machine": machine, "onnxruntime": "1.32.0",
         "calibration_samples": CALIBRATION_SAMPLES, "eval_samples": EVAL_SAMPLES,
-        "calibration_batch": CALIBRATION_BATCH, "rows": rows,
+        "calibration_batch": CALIBRATION_BATCH, "note": o.note,
+        "load_average": {"before": load_before, "after": load_average()},
+        "cpu_family_model": cpu_family_model(), "rows": rows,
     });
     std::fs::write(
         results.join("quantization.json"),
@@ -374,10 +440,85 @@ pub fn run(args: &[&str]) -> Result<()> {
     let md = markdown(&doc);
     std::fs::write(results.join("quantization.md"), &md)?;
     if let Some(svg) = figure {
-        std::fs::copy(&svg, results.join("quantization.svg"))?;
+        std::fs::copy(svg, results.join("quantization.svg"))?;
     }
-    print!("{md}");
-    Ok(())
+    Ok(md)
+}
+
+/// The 1-minute load average (how busy the machine was around the measurement).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `cpu family` and `model` of /proc/cpuinfo (the CPU generation when the model name is generic).
+fn cpu_family_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_owned())
+    };
+    Some(format!(
+        "family {}, model {}",
+        field("cpu family")?,
+        field("model")?
+    ))
+}
+
+/// The issue's acceptance figures for ResNet-50 at 1 thread, when ResNet-50 was measured.
+fn headline(doc: &Value) -> String {
+    let Some(r) = doc["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["arch"] == "resnet50"))
+    else {
+        return String::new();
+    };
+    let Some(l) = r["latency"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["threads"] == 1))
+    else {
+        return String::new();
+    };
+    let fp32 = median_of(&l["models"], "FP32");
+    let ratio = |label: &str, tool: &str| fp32 / median_of(&l["models"], &format!("{label} ({tool})"));
+    let mut out = String::from(
+        "## Acceptance figures (ResNet-50, 1 thread)\n\n\
+         | variant | FP32 / ours (median) | FP32 / onnxruntime tool | quantization: ours s | tool s | ours faster by | SQNR ours − tool dB | top-1 ours | top-1 tool |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for v in r["variants"].as_array().into_iter().flatten() {
+        let label = v["variant"].as_str().unwrap_or("?");
+        let (a, b) = (
+            f(&v["edgemlops"]["quantize_s"]),
+            f(&v["onnxruntime"]["quantize_s"]),
+        );
+        let g = &v["agreement"];
+        out.push_str(&format!(
+            "| {label} | {:.2}x | {:.2}x | {a:.1} | {b:.1} | {:.2}x | {:+.2} | {:.1} % | {:.1} % |\n",
+            ratio(label, "edgemlops"),
+            ratio(label, "onnxruntime"),
+            b / a,
+            f(&g[0]["sqnr_db"]) - f(&g[1]["sqnr_db"]),
+            f(&g[0]["top1_agreement"]) * 100.0,
+            f(&g[1]["top1_agreement"]) * 100.0,
+        ));
+    }
+    out.push_str(&format!(
+        "\nSize of our static U8S8 file: {:.1} % of FP32.\n\n",
+        r["variants"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["variant"] == "static U8S8"))
+            .map_or(f64::NAN, |v| f(&v["edgemlops"]["size_bytes"])
+                / f(&r["fp32_size_bytes"])
+                * 100.0)
+    ));
+    out
 }
 
 /// Median of the named model in a bench run's models.
@@ -392,25 +533,34 @@ fn markdown(doc: &Value) -> String {
     let m = &doc["machine"];
     let mut out = format!(
         "# Quantization: FP32, static S8S8, static U8S8 and dynamic int8\n\n\
-         Machine: {} ({} cores, features: {}). ONNX Runtime 1.32.0, batch 1, {} timed runs after 10 warm-up, \
-         graph optimizations on. Regenerate with `cargo xtask bench quantization`.\n\n\
+         Machine: {} ({}; {} cores, int8-relevant features: {}; no AVX-512 and no VNNI unless listed). \
+         Load average {} before, {} after.{}\n\n\
+         ONNX Runtime 1.32.0, batch 1, {} timed runs after 10 warm-up, graph optimizations on; the models of \
+         one table row take turns (one run each per round, `model bench --interleave`), so background load \
+         falls on all of them alike. Regenerate with `cargo xtask bench quantization`.\n\n\
          Each variant is made twice from the same FP32 file (built by `edgemlops model build`): by \
          `edgemlops model quantize` and by onnxruntime's Python tool (`quant_pre_process` + \
-         `quantize_static`/`quantize_dynamic`), both per-channel, min/max calibration on the same {} \
+         `quantize_static`/`quantize_dynamic`), both with the same settings: per-channel 7-bit weights \
+         (`reduce_range`, what ONNX Runtime advises without VNNI and this machine's default), min/max calibration on the same {} \
          synthetic photographs (`.npy`, batch {}). Agreement is measured with `edgemlops model eval` on {} \
          other synthetic photographs. Weights are random (seeded), so agreement compares the tools with each \
          other, not with ImageNet accuracy.\n\n![latency](quantization.svg)\n\n",
         m["cpu"].as_str().unwrap_or("?"),
+        doc["cpu_family_model"].as_str().unwrap_or("?"),
         m["cores"],
         m["features"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
             .unwrap_or_default(),
+        doc["load_average"]["before"],
+        doc["load_average"]["after"],
+        doc["note"].as_str().map(|n| format!(" {n}")).unwrap_or_default(),
         doc["runs"],
         doc["calibration_samples"],
         doc["calibration_batch"].as_str().unwrap_or("?"),
         doc["eval_samples"],
     );
+    out.push_str(&headline(doc));
     out.push_str("## Latency (median ms) and speed-up over FP32\n\n| model | threads | FP32 |");
     for v in &VARIANTS {
         out.push_str(&format!(" {} ours | {} onnxruntime |", v.label, v.label));

@@ -48,6 +48,9 @@ pub enum Command {
     /// Hub: alarms raised by devices (active and cleared).
     #[command(subcommand)]
     Alarm(crate::hub::AlarmCommand),
+    /// Hub: the asset register (visual inspection): assets, conditions, maintenance list.
+    #[command(subcommand)]
+    Asset(crate::hub::asset::AssetCommand),
     /// Create an ed25519 publisher key pair for signing model packages.
     Keygen(crate::keygen::KeygenArgs),
     /// Visual quality inspection: generate synthetic inspection photos, train and evaluate the reference model.
@@ -149,6 +152,10 @@ pub struct BenchArgs {
     /// Seed of the generated inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Keep every model loaded and let them take turns, one run each per round, so that load from
+    /// other processes on a shared machine falls on all of them alike.
+    #[arg(long)]
+    pub interleave: bool,
     /// Write every number and sample as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,

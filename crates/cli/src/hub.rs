@@ -1,7 +1,8 @@
 //! The hub's admin client: `edgemlops --hub URL --token T` with `device`, `model push|list|show|
-//! alias`, `deploy`, `rollback`, `command` and `alarm`. Every command is a call of the hub's REST
-//! API ([`client::HubClient`]); `--json` prints the API's JSON instead of a table.
+//! alias`, `deploy`, `rollback`, `command`, `alarm` and `asset` ([`asset`]). Every command is a call
+//! of the hub's REST API ([`client::HubClient`]); `--json` prints the API's JSON instead of a table.
 
+pub mod asset;
 pub mod client;
 
 use std::path::PathBuf;

@@ -58,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => hub::rollback(&cli.hub, &a),
         Command::Cmd(c) => hub::command(&cli.hub, &c),
         Command::Alarm(c) => hub::alarm(&cli.hub, &c),
+        Command::Asset(c) => hub::asset::run(&cli.hub, &c),
         Command::Model(ModelCommand::Package(a)) => model::package::run(&a),
         Command::Model(ModelCommand::Verify(a)) => model::verify::run(&a),
         Command::Keygen(a) => keygen::run(&a),

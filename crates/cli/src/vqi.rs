@@ -82,14 +82,17 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Images per optimisation step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Peak learning rate (Adam, cosine decay).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 4e-3)]
     pub lr: f64,
     /// Skip the ONNX Runtime check of the exported model.
     #[arg(long)]
     pub no_verify: bool,
+    /// Worker threads (default: one per core); the trained weights are the same for any count.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// `edgemlops vqi eval`
@@ -155,6 +158,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         batch_size: a.batch,
         learning_rate: a.lr,
         verify_onnx: !a.no_verify,
+        threads: a.threads,
         ..TrainOptions::new(&a.data, &a.out)
     };
     println!("epoch  lr        loss    train   test    seconds");
@@ -171,11 +175,11 @@ fn train(a: &TrainArgs) -> Result<()> {
     })
     .context("training the VQI reference model")?;
     println!(
-        "trained {} parameters on {} images in {:.1} s ({})",
-        report.parameters, report.train.images, report.train_seconds, report.engine
+        "trained {} parameters on {} images in {:.1} s ({}, {} threads)",
+        report.parameters, report.train.images, report.train_seconds, report.engine, report.threads
     );
     println!(
-        "held-out accuracy (burn): {:.2} % on {} images{}",
+        "held-out accuracy (trainer): {:.2} % on {} images{}",
         report.test_accuracy * 100.0,
         report.test.images,
         if report.test.holdout {
@@ -186,7 +190,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     );
     if let Some(o) = &report.onnx {
         println!(
-            "ONNX Runtime {}: accuracy {:.2} %, agreement with burn {:.2} %, max |logit diff| {:.2e}",
+            "ONNX Runtime {}: accuracy {:.2} %, agreement with the trainer {:.2} %, max |logit diff| {:.2e}",
             o.runtime,
             o.accuracy * 100.0,
             o.agreement * 100.0,

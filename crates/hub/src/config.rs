@@ -56,6 +56,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Model registry.
     pub registry: RegistryConfig,
+    /// Asset register.
+    pub assets: AssetsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -110,6 +112,20 @@ pub struct RegistryConfig {
     pub download_token_ttl_secs: u64,
 }
 
+/// `[assets]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssetsConfig {
+    /// Smallest top score of an inspection result that may change an asset's condition.
+    pub min_confidence: f32,
+}
+
+impl Default for AssetsConfig {
+    fn default() -> Self {
+        Self { min_confidence: 0.5 }
+    }
+}
+
 /// `[log]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -128,6 +144,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
             registry: RegistryConfig::default(),
+            assets: AssetsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -262,6 +279,12 @@ pub const KEYS: &[KeyDoc] = &[
         key: "registry.download_token_ttl_secs",
         default: "86400",
         doc: "Lifetime of the token in package download URLs; a re-sent command carries a fresh one.",
+    },
+    KeyDoc {
+        key: "assets.min_confidence",
+        default: "0.5",
+        doc: "Smallest top score (0 to 1) of an inspection result that may change an asset's condition; \
+              results below it, or flagged `low_confidence` by the device, are stored but change nothing.",
     },
     KeyDoc {
         key: "log.level",
@@ -411,6 +434,10 @@ impl Config {
         if self.registry.download_token_ttl_secs == 0 {
             return Err(value("registry.download_token_ttl_secs", &0, "must be positive"));
         }
+        let c = self.assets.min_confidence;
+        if !(0.0..=1.0).contains(&c) {
+            return Err(value("assets.min_confidence", &c, "must be between 0 and 1"));
+        }
         if !matches!(self.log.format.as_str(), "plain" | "json") {
             return Err(value("log.format", &self.log.format, "must be plain or json"));
         }
@@ -543,6 +570,7 @@ mod tests {
             ("[mqtt]\nlisten = \"\"", "at least one"),
             ("[auth]\nadmin_token = \"short\"", "auth.admin_token"),
             ("[log]\nformat = \"xml\"", "log.format"),
+            ("[assets]\nmin_confidence = 1.5", "assets.min_confidence"),
             ("[http]\npublic_url = \"ftp://x\"", "http.public_url"),
             ("data_dir = 3", "invalid type"),
         ] {

@@ -17,7 +17,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub type Pool = sqlx::SqlitePool;
 
 /// Migrations, in order: (version, description, SQL).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "event idempotency",
+        include_str!("../migrations/0002_event_idempotency.sql"),
+    ),
+    (3, "assets", include_str!("../migrations/0003_assets.sql")),
+];
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -34,6 +34,12 @@ pub enum HubError {
         /// The limit.
         limit: u64,
     },
+    /// A CSV import over the size limit.
+    #[error("import refused: larger than the limit of {limit} bytes")]
+    TooLargeImport {
+        /// The limit.
+        limit: usize,
+    },
     /// A Range header the blob cannot satisfy.
     #[error("range not satisfiable: {range} of a {size}-byte package")]
     RangeNotSatisfiable {

@@ -13,6 +13,7 @@ use proto::{DeviceId, DeviceTopic, PayloadError, Retained};
 use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::assets::AssetRules;
 use crate::db::Pool;
 use crate::stdx::{new_id, now_ms};
 
@@ -47,6 +48,9 @@ pub enum DeviceMessage {
         time: i64,
         /// Text.
         text: Option<String>,
+        /// The sender's idempotency key (`idempotency_key`): a second event with the same key from
+        /// the same device is not stored again.
+        idempotency_key: Option<String>,
         /// JSON as received.
         payload: String,
     },
@@ -107,6 +111,9 @@ pub enum DeviceMessage {
     Ignored,
 }
 
+/// The event field that carries the sender's idempotency key.
+pub const EVENT_IDEMPOTENCY_KEY: &str = "idempotency_key";
+
 fn text(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
 }
@@ -132,6 +139,11 @@ impl DeviceMessage {
                     topic_id,
                     event_type: event_type.clone(),
                     time: time(e.time),
+                    idempotency_key: e
+                        .extras
+                        .get(EVENT_IDEMPOTENCY_KEY)
+                        .and_then(|k| k.as_str())
+                        .map(str::to_owned),
                     text: e.text,
                     payload: text(payload),
                 }
@@ -246,8 +258,13 @@ impl Writer {
     /// Starts the writer task on the current tokio runtime; it ends when every [`Writer`] clone
     /// is dropped and the queue is drained (the returned handle completes then).
     pub fn start(pool: Pool) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::start_with(pool, AssetRules::default())
+    }
+
+    /// [`Writer::start`] with the asset register's update rule settings.
+    pub fn start_with(pool: Pool, rules: AssetRules) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH);
-        let task = tokio::spawn(run(pool, rx));
+        let task = tokio::spawn(run(pool, rules, rx));
         (Self { tx }, task)
     }
 
@@ -266,10 +283,10 @@ impl Writer {
     }
 }
 
-async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
+async fn run(pool: Pool, rules: AssetRules, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = write_batch(&pool, &batch).await;
+        let result = write_batch(&pool, &rules, &batch).await;
         match result {
             Ok(outcomes) => {
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
@@ -286,12 +303,12 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-async fn write_batch(pool: &Pool, batch: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
+async fn write_batch(pool: &Pool, rules: &AssetRules, batch: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let now = now_ms();
     for job in batch {
-        outcomes.push(apply(&mut tx, &job.device, &job.message, now).await?);
+        outcomes.push(apply(&mut tx, rules, &job.device, &job.message, now).await?);
     }
     tx.commit().await?;
     Ok(outcomes)
@@ -299,6 +316,7 @@ async fn write_batch(pool: &Pool, batch: &[Job]) -> Result<Vec<Outcome>, sqlx::E
 
 async fn apply(
     tx: &mut Transaction<'_, Sqlite>,
+    rules: &AssetRules,
     device: &DeviceId,
     message: &DeviceMessage,
     now: i64,
@@ -329,11 +347,14 @@ async fn apply(
             event_type,
             time,
             text,
+            idempotency_key,
             payload,
         } => {
-            sqlx::query(
-                "INSERT INTO events (device_id, topic_id, event_type, time, received_at, text, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            // A repeat (same device, same key) is dropped here but still acknowledged: the sender
+            // only needs to know the event is stored.
+            let stored = sqlx::query(
+                "INSERT INTO events (device_id, topic_id, event_type, time, received_at, text, payload, \
+                 idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(dev)
             .bind(topic_id)
@@ -342,8 +363,13 @@ async fn apply(
             .bind(now)
             .bind(text)
             .bind(payload)
+            .bind(idempotency_key)
             .execute(&mut **tx)
             .await?;
+            // A repeat changes nothing; a new inspection result is applied to its asset.
+            if stored.rows_affected() > 0 && event_type == proto::edgemlops::INSPECTION_EVENT {
+                crate::assets::record_inspection(tx, rules, dev, topic_id, payload, now).await?;
+            }
         }
         DeviceMessage::AlarmRaised {
             topic_id,
@@ -357,7 +383,8 @@ async fn apply(
             // retained alarms on reconnect); otherwise it opens a new row.
             let updated = sqlx::query(
                 "UPDATE alarms SET severity = $1, text = $2, payload = $3, updated_at = $4 \
-                 WHERE device_id = $5 AND topic_id = $6 AND alarm_type = $7 AND cleared_at IS NULL",
+                 WHERE device_id = $5 AND topic_id = $6 AND alarm_type = $7 AND cleared_at IS NULL \
+                 AND asset_id IS NULL",
             )
             .bind(severity)
             .bind(text)
@@ -389,7 +416,8 @@ async fn apply(
         DeviceMessage::AlarmCleared { topic_id, alarm_type } => {
             sqlx::query(
                 "UPDATE alarms SET cleared_at = $1, updated_at = $1 \
-                 WHERE device_id = $2 AND topic_id = $3 AND alarm_type = $4 AND cleared_at IS NULL",
+                 WHERE device_id = $2 AND topic_id = $3 AND alarm_type = $4 AND cleared_at IS NULL \
+                 AND asset_id IS NULL",
             )
             .bind(now)
             .bind(dev)
@@ -705,5 +733,48 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_event_with_the_same_idempotency_key_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::db::open(&dir.path().join("hub.db")).await.unwrap();
+        let (writer, _task) = Writer::start(pool.clone());
+        let device = DeviceId::new("d").unwrap();
+        let other = DeviceId::new("e").unwrap();
+        let topic = "devices/d/te/device/main///e/inspection";
+        let keyed = r#"{"text":"t","idempotency_key":"k-1"}"#;
+        let first = parse(topic, keyed).unwrap();
+        assert!(
+            matches!(&first, DeviceMessage::Event { idempotency_key: Some(k), .. } if k == "k-1"),
+            "{first:?}"
+        );
+        for (dev, payload) in [
+            (&device, keyed),
+            (&device, keyed),
+            (&device, r#"{"text":"t","idempotency_key":"k-2"}"#),
+            (&other, keyed),
+            (&device, r#"{"text":"no key"}"#),
+            (&device, r#"{"text":"no key"}"#),
+        ] {
+            writer.store(dev, parse(topic, payload).unwrap()).await.unwrap();
+        }
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT device_id, idempotency_key FROM events ORDER BY rowid")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let expected = [
+            ("d", Some("k-1")),
+            ("d", Some("k-2")),
+            ("e", Some("k-1")),
+            ("d", None),
+            ("d", None),
+        ];
+        let rows: Vec<(&str, Option<&str>)> = rows.iter().map(|(d, k)| (d.as_str(), k.as_deref())).collect();
+        assert_eq!(
+            rows, expected,
+            "a key repeats only across devices; events without a key are all kept"
+        );
     }
 }

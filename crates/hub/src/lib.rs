@@ -8,9 +8,11 @@
 //! - [`ingest`]: te/ messages from devices, understood and stored (group commit before ack).
 //! - [`api`]: the REST API under `/api/v1` (axum), its route table, auth and OpenAPI document.
 //! - [`auth`], [`devices`], [`registry`], [`blobs`], [`commands`], [`telemetry`]: the domain.
+//! - [`assets`]: the asset register of visual inspection (conditions, alarms, maintenance).
 //! - [`db`]: SQLite (WAL) through sqlx, with migrations portable to PostgreSQL.
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod blobs;
 pub mod cli;

@@ -138,6 +138,9 @@ pub async fn serve(resolved: Resolved) -> Result<(), StartError> {
         max_package_bytes: config.registry.max_package_bytes,
         public_url: public_url.clone(),
         download_ttl_secs: config.registry.download_token_ttl_secs,
+        asset_rules: crate::assets::AssetRules {
+            min_confidence: config.assets.min_confidence,
+        },
     })
     .await?;
     if let Some(token) = auth::bootstrap_admin(&hub.pool, &config.auth.admin_token).await? {

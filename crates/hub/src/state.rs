@@ -55,6 +55,8 @@ pub struct Settings {
     pub public_url: String,
     /// Lifetime of download tokens.
     pub download_ttl_secs: u64,
+    /// The asset register's condition update rule.
+    pub asset_rules: crate::assets::AssetRules,
 }
 
 /// Why a device may not connect; each maps to an MQTT return / reason code.
@@ -114,7 +116,7 @@ impl Hub {
             dir.join("tmp"),
         );
         let signer = DownloadSigner::load(&pool).await?;
-        let (writer, writer_task) = Writer::start(pool.clone());
+        let (writer, writer_task) = Writer::start_with(pool.clone(), settings.asset_rules);
         Ok((
             Arc::new(Self {
                 pool,

@@ -135,7 +135,7 @@ pub async fn events(pool: &Pool, f: &Filter) -> Result<Vec<EventRecord>, HubErro
 /// Alarms raised in the time range, newest first; `active` selects open or cleared ones.
 pub async fn alarms(pool: &Pool, f: &Filter) -> Result<Vec<AlarmRecord>, HubError> {
     let rows = sqlx::query(
-        "SELECT device_id, topic_id, alarm_type, severity, text, payload, raised_at, cleared_at FROM alarms \
+        "SELECT device_id, topic_id, alarm_type, severity, text, payload, raised_at, cleared_at, asset_id FROM alarms \
          WHERE ($1 IS NULL OR device_id = $1) AND ($2 IS NULL OR alarm_type = $2) \
          AND raised_at >= $3 AND raised_at < $4 \
          AND ($5 IS NULL OR ($5 = 1 AND cleared_at IS NULL) OR ($5 = 0 AND cleared_at IS NOT NULL)) \
@@ -161,6 +161,7 @@ pub async fn alarms(pool: &Pool, f: &Filter) -> Result<Vec<AlarmRecord>, HubErro
             raised_at: ts(r.get("raised_at")),
             cleared_at: r.get::<Option<i64>, _>("cleared_at").map(ts),
             payload: json(r, "payload"),
+            asset: r.get("asset_id"),
         })
         .collect())
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::{CommandOp, CommandStatus};
+use crate::pipeline::Condition;
 use crate::telemetry::Severity;
 use crate::time::Timestamp;
 use crate::topic::DeviceId;
@@ -473,6 +474,9 @@ pub struct AlarmRecord {
     pub cleared_at: Option<Timestamp>,
     /// The last raise payload.
     pub payload: Value,
+    /// The asset an `asset_condition` alarm is about (raised by the hub, not by a device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
 }
 
 /// Query of `GET /measurements`, `GET /events` and `GET /alarms`.
@@ -498,6 +502,314 @@ pub struct TelemetryQuery {
     pub limit: Option<u32>,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Assets (visual inspection)
+
+/// Content type of `POST /assets/import`.
+pub const ASSET_CSV_CONTENT_TYPE: &str = "text/csv";
+/// Alarm type of the alarm an asset's degraded condition raises.
+pub const ASSET_CONDITION_ALARM: &str = "asset_condition";
+
+/// Kind of a registered asset; the names are the asset types of the VQI label taxonomy (the
+/// `asset_type` of [`crate::pipeline::ClassMeaning`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetType {
+    /// Distribution pole.
+    Pole,
+    /// Lattice transmission tower.
+    Tower,
+    /// Distribution transformer.
+    Transformer,
+    /// Insulator string.
+    Insulator,
+}
+
+impl AssetType {
+    /// Every asset type.
+    pub const ALL: [AssetType; 4] = [Self::Pole, Self::Tower, Self::Transformer, Self::Insulator];
+
+    /// Name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pole => "pole",
+            Self::Tower => "tower",
+            Self::Transformer => "transformer",
+            Self::Insulator => "insulator",
+        }
+    }
+}
+
+impl fmt::Display for AssetType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AssetType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown asset type '{s}' (pole, tower, transformer, insulator)"))
+    }
+}
+
+/// `POST /assets`: a new asset of the register.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetCreate {
+    /// Unique id (1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with `.`), as devices name it in
+    /// inspection events.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Asset type.
+    #[serde(rename = "type")]
+    pub asset_type: AssetType,
+    /// Site (substation, feeder, line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Latitude in degrees (with `longitude`, or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    /// Longitude in degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+    /// Free-form metadata (a JSON object).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, Value>,
+}
+
+/// An asset of the register with its current condition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AssetSummary {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Asset type.
+    #[serde(rename = "type")]
+    pub asset_type: AssetType,
+    /// Site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Latitude in degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    /// Longitude in degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, Value>,
+    /// Current condition; none until an inspection result (or a repair) set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
+    /// Observation time of the result (or repair) that the condition comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition_observed_at: Option<Timestamp>,
+    /// When the condition last changed at the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition_changed_at: Option<Timestamp>,
+    /// Observation time of the newest inspection result linked to the asset (any confidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_inspection_at: Option<Timestamp>,
+    /// Inspection results linked to the asset.
+    pub inspection_count: u64,
+    /// Whether an `asset_condition` alarm is active.
+    pub alarm_active: bool,
+    /// When the asset was registered.
+    pub created_at: Timestamp,
+}
+
+/// Where a condition change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionSource {
+    /// An inspection result.
+    Inspection,
+    /// The manual "repaired" action.
+    Repaired,
+}
+
+/// One entry of an asset's condition history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConditionChange {
+    /// The new condition.
+    pub condition: Condition,
+    /// The condition before; none for the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Condition>,
+    /// Observation time of the result (or the repair time).
+    pub observed_at: Timestamp,
+    /// When the hub recorded the change.
+    pub changed_at: Timestamp,
+    /// Inspection result or repair.
+    pub source: ConditionSource,
+    /// The inspection result's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inspection: Option<String>,
+    /// Device that reported the result, or user who marked the repair.
+    pub by: String,
+}
+
+/// What an inspection result did to its asset's condition (the update rule's verdict).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InspectionOutcome {
+    /// It set the condition (changed or confirmed it).
+    Applied,
+    /// Observed before the result (or repair) the condition comes from: out-of-order delivery.
+    Stale,
+    /// Flagged low-confidence by the device, or its top score is below `assets.min_confidence`.
+    LowConfidence,
+    /// It names no condition (the model's classes carry no meaning).
+    NoCondition,
+    /// Its predicted asset type contradicts the registered one (wrong asset or misclassified).
+    TypeMismatch,
+    /// It names an asset id that is not registered: stored, not linked.
+    UnknownAsset,
+    /// It names no asset: stored, not linked.
+    NoAsset,
+}
+
+impl InspectionOutcome {
+    /// Name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Stale => "stale",
+            Self::LowConfidence => "low_confidence",
+            Self::NoCondition => "no_condition",
+            Self::TypeMismatch => "type_mismatch",
+            Self::UnknownAsset => "unknown_asset",
+            Self::NoAsset => "no_asset",
+        }
+    }
+}
+
+impl FromStr for InspectionOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            Self::Applied,
+            Self::Stale,
+            Self::LowConfidence,
+            Self::NoCondition,
+            Self::TypeMismatch,
+            Self::UnknownAsset,
+            Self::NoAsset,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+        .ok_or_else(|| format!("unknown inspection outcome '{s}'"))
+    }
+}
+
+/// A stored inspection result (`e/inspection` of a device).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InspectionRecord {
+    /// Id given by the hub.
+    pub id: String,
+    /// The asset id the device named, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_id: Option<String>,
+    /// Whether that id is a registered asset (the result is linked to it).
+    pub linked: bool,
+    /// Reporting device.
+    pub device: DeviceId,
+    /// Observation time (the event's `time`).
+    pub observed_at: Timestamp,
+    /// When the hub stored it.
+    pub received_at: Timestamp,
+    /// Model version, `name@version`.
+    pub model: String,
+    /// Top class label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Top score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
+    /// Predicted asset type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_type: Option<String>,
+    /// Predicted condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
+    /// What the result did to the asset's condition.
+    pub outcome: InspectionOutcome,
+}
+
+/// `GET /assets/{id}`: an asset with its condition history and recent inspections.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AssetDetail {
+    /// The asset.
+    #[serde(flatten)]
+    pub asset: AssetSummary,
+    /// Condition changes, newest first.
+    pub history: Vec<ConditionChange>,
+    /// Linked inspection results, newest observation first.
+    pub inspections: Vec<InspectionRecord>,
+}
+
+/// `POST /assets/import`: what was created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetImport {
+    /// Ids of the created assets, in file order.
+    pub created: Vec<String>,
+}
+
+/// One row of `GET /assets/maintenance`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceItem {
+    /// Position in the list, from 1.
+    pub rank: u32,
+    /// The asset.
+    #[serde(flatten)]
+    pub asset: AssetSummary,
+    /// No inspection result was ever linked to it.
+    pub never_inspected: bool,
+    /// Seconds since the last inspection's observation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_inspection_secs: Option<i64>,
+}
+
+/// Query of `GET /assets`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetQuery {
+    /// Only this asset type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub asset_type: Option<String>,
+    /// Only this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Only this condition (`good`, `minor`, `major`, `critical`, or `none` for never set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// At most this many assets (default 1000, at most 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Query of `GET /inspections`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InspectionQuery {
+    /// Only results naming this asset id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    /// Only results of this device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// `true`: only results linked to a registered asset; `false`: only unlinked ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked: Option<bool>,
+    /// At most this many results, newest observation first (default 1000, at most 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +822,23 @@ mod tests {
             assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
         }
         assert!("root".parse::<Role>().unwrap_err().contains("unknown role"));
+    }
+
+    #[test]
+    fn asset_types_and_outcomes_round_trip_and_assets_refuse_unknown_fields() {
+        for t in AssetType::ALL {
+            assert_eq!(t.as_str().parse::<AssetType>().unwrap(), t);
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
+        }
+        assert!("lamp".parse::<AssetType>().unwrap_err().contains("pole, tower"));
+        let o = InspectionOutcome::LowConfidence;
+        assert_eq!(serde_json::to_string(&o).unwrap(), "\"low_confidence\"");
+        assert_eq!(o.as_str().parse::<InspectionOutcome>(), Ok(o));
+        let a: AssetCreate = serde_json::from_str(r#"{"id":"P-1","name":"P","type":"pole"}"#).unwrap();
+        assert!(a.metadata.is_empty() && a.site.is_none());
+        assert!(
+            serde_json::from_str::<AssetCreate>(r#"{"id":"P-1","name":"P","type":"pole","x":1}"#).is_err()
+        );
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //!   damage, lighting, camera) with named distribution shifts; [`generate`] writes datasets in the
 //!   image-folder layout with a JSONL index.
 //! - [`dataset`]: loading such datasets into normalised tensors; the model's input spec.
-//! - [`model`] and [`train`]: the reference CNN (burn, Flex CPU backend), its training, and its
-//!   export to ONNX with [`onnx::builder`], checked in ONNX Runtime ([`eval`]).
+//! - [`nn`], [`model`] and [`train`]: the reference CNN's layers (forward and backward, written
+//!   here: im2col + sgemm), the network and its export to ONNX with [`onnx::builder`], and a
+//!   deterministic multi-threaded trainer; the export is checked in ONNX Runtime ([`eval`]).
 //!
 //! The crate never depends on the hub or the agent: it produces data, models and specs that the
 //! toolchain packages and the devices run.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod nn;
 pub mod raster;
 pub mod scene;
 pub mod taxonomy;

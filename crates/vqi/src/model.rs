@@ -1,25 +1,24 @@
-//! The reference classifier: a small four-convolution CNN in burn, its seeded Kaiming-normal
-//! initialisation, and its export to ONNX with the project's own graph builder.
+//! The reference classifier: a small four-convolution CNN as a flat parameter vector, its seeded
+//! Kaiming-normal initialisation, one image's forward and backward pass (layers in [`crate::nn`]),
+//! and its export to ONNX with the project's own graph builder.
 //!
 //! Topology (input 3×64×64): four blocks of 3×3 convolution (padding 1) + ReLU, the first three
 //! followed by 2×2 max pooling, then global average pooling, `Flatten` and a linear layer to the
 //! class scores. With the default widths 16, 32, 64, 64 and 12 classes it has 61,292 parameters.
 //!
-//! Weights are drawn from [`onnx::rng::Rng`], not burn's global generator, so a seed gives the
-//! same initial network in every process and thread. Kaiming-normal initialisation matters: burn's
-//! default convolution initialiser converges about twice as slowly on this task.
+//! Weights are drawn from [`onnx::rng::Rng`], so a seed gives the same initial network in every
+//! process and thread. Kaiming-normal initialisation matters: a uniform fan-in initialiser (burn's
+//! default, used by an earlier trainer) converged about twice as slowly on this task.
 
-use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
-use burn::tensor::{Device, Tensor, TensorData};
+use std::ops::Range;
+
 use onnx::ModelProto;
 use onnx::builder::{Dim, GraphBuilder, attr_int, attr_ints};
 use onnx::proto::{DataType, TensorProto};
 use onnx::rng::Rng;
 
 use crate::error::VqiError;
+use crate::nn::{self, ConvShape};
 
 /// Name of the model's image input.
 pub const INPUT_NAME: &str = "input";
@@ -57,77 +56,257 @@ impl NetConfig {
         }
         n + c_in * self.classes + self.classes
     }
+
+    /// Values in one input image (3 × size × size).
+    pub fn image_len(&self) -> usize {
+        3 * self.input_size * self.input_size
+    }
 }
 
-/// The network (burn module).
-#[derive(Module, Debug)]
-pub struct InspectionNet {
-    conv1: Conv2d,
-    conv2: Conv2d,
-    conv3: Conv2d,
-    conv4: Conv2d,
-    pool: MaxPool2d,
-    gap: AdaptiveAvgPool2d,
-    head: Linear,
-    act: Relu,
+/// Where each layer's tensors sit in the flat parameter vector (and in a gradient of it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Layout {
+    convs: [ConvLayer; 4],
+    head_weight: Range<usize>,
+    head_bias: Range<usize>,
 }
 
-fn conv(c_in: usize, c_out: usize, rng: &mut Rng, device: &Device) -> Conv2d {
-    let mut layer = Conv2dConfig::new([c_in, c_out], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .init(device);
-    let fan_in = c_in * 9;
-    let w = rng.normal_vec(c_out * fan_in, (2.0 / fan_in as f32).sqrt());
-    layer.weight = Param::from_data(TensorData::new(w, [c_out, c_in, 3, 3]), device);
-    layer.bias = Some(Param::from_data(
-        TensorData::new(vec![0.0f32; c_out], [c_out]),
-        device,
-    ));
-    layer
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ConvLayer {
+    shape: ConvShape,
+    weight: Range<usize>,
+    bias: Range<usize>,
 }
 
-impl InspectionNet {
-    /// A freshly initialised network on `device`, weights drawn from `seed`.
-    pub fn new(cfg: &NetConfig, seed: u64, device: &Device) -> Self {
-        let mut rng = Rng::new(seed);
-        let [a, b, c, d] = cfg.widths;
-        let conv1 = conv(3, a, &mut rng, device);
-        let conv2 = conv(a, b, &mut rng, device);
-        let conv3 = conv(b, c, &mut rng, device);
-        let conv4 = conv(c, d, &mut rng, device);
-        let mut head = LinearConfig::new(d, cfg.classes).init(device);
-        // burn stores a linear weight as [in, out].
-        let w = rng.normal_vec(d * cfg.classes, (1.0 / d as f32).sqrt());
-        head.weight = Param::from_data(TensorData::new(w, [d, cfg.classes]), device);
-        head.bias = Some(Param::from_data(
-            TensorData::new(vec![0.0f32; cfg.classes], [cfg.classes]),
-            device,
-        ));
+impl Layout {
+    fn new(cfg: &NetConfig) -> Self {
+        let mut at = 0;
+        let mut take = |n: usize| {
+            at += n;
+            at - n..at
+        };
+        let (mut c_in, mut side) = (3, cfg.input_size);
+        let convs = cfg.widths.map(|c_out| {
+            let shape = ConvShape {
+                c_in,
+                c_out,
+                h: side,
+                w: side,
+            };
+            let layer = ConvLayer {
+                shape,
+                weight: take(shape.weight_len()),
+                bias: take(c_out),
+            };
+            c_in = c_out;
+            side /= 2;
+            layer
+        });
+        let head_weight = take(c_in * cfg.classes);
+        let head_bias = take(cfg.classes);
         Self {
-            conv1,
-            conv2,
-            conv3,
-            conv4,
-            pool: MaxPool2dConfig::new([2, 2]).init(),
-            gap: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
-            head,
-            act: Relu::new(),
+            convs,
+            head_weight,
+            head_bias,
         }
     }
 
-    /// Class scores (logits) for a batch `[n, 3, h, w]`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.pool.forward(self.act.forward(self.conv1.forward(x)));
-        let x = self.pool.forward(self.act.forward(self.conv2.forward(x)));
-        let x = self.pool.forward(self.act.forward(self.conv3.forward(x)));
-        let x = self.act.forward(self.conv4.forward(x));
-        let x = self.gap.forward(x).flatten::<2>(1, 3);
-        self.head.forward(x)
+    fn len(&self) -> usize {
+        self.head_bias.end
+    }
+}
+
+/// The two tensors of a layer in a gradient, borrowed mutably at once.
+fn pair_mut<'a>(
+    v: &'a mut [f32],
+    weight: &Range<usize>,
+    bias: &Range<usize>,
+) -> (&'a mut [f32], &'a mut [f32]) {
+    debug_assert_eq!(weight.end, bias.start, "a layer's bias follows its weight");
+    v[weight.start..bias.end].split_at_mut(weight.len())
+}
+
+/// The network: its shape and all parameters in one vector (per layer: weight, then bias).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InspectionNet {
+    cfg: NetConfig,
+    layout: Layout,
+    params: Vec<f32>,
+}
+
+/// Scratch space for one image's forward and backward pass (one per worker thread).
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    cols: [Vec<f32>; 4],
+    acts: [Vec<f32>; 4],
+    pooled: [Vec<f32>; 3],
+    argmax: [Vec<u32>; 3],
+    gap: Vec<f32>,
+    logits: Vec<f32>,
+    dact: Vec<f32>,
+    dcol: Vec<f32>,
+    dpool: Vec<f32>,
+    dgap: Vec<f32>,
+    dlogits: Vec<f32>,
+}
+
+impl Workspace {
+    /// Buffers sized for `net`.
+    pub fn new(net: &InspectionNet) -> Self {
+        let convs = &net.layout.convs;
+        let cols = convs.each_ref().map(|l| vec![0.0; l.shape.k() * l.shape.hw()]);
+        let acts = convs.each_ref().map(|l| vec![0.0; l.shape.c_out * l.shape.hw()]);
+        let pooled_len = |i: usize| {
+            let s = convs[i].shape;
+            s.c_out * (s.h / 2) * (s.w / 2)
+        };
+        let max_of = |f: &dyn Fn(&ConvShape) -> usize| convs.iter().map(|l| f(&l.shape)).max().unwrap_or(0);
+        Self {
+            cols,
+            acts,
+            pooled: [0, 1, 2].map(|i| vec![0.0; pooled_len(i)]),
+            argmax: [0, 1, 2].map(|i| vec![0; pooled_len(i)]),
+            gap: vec![0.0; net.cfg.widths[3]],
+            logits: vec![0.0; net.cfg.classes],
+            dact: vec![0.0; max_of(&|s| s.c_out * s.hw())],
+            dcol: vec![0.0; max_of(&|s| s.k() * s.hw())],
+            dpool: vec![0.0; max_of(&|s| s.c_in * s.hw())],
+            dgap: vec![0.0; net.cfg.widths[3]],
+            dlogits: vec![0.0; net.cfg.classes],
+        }
+    }
+}
+
+impl InspectionNet {
+    /// A freshly initialised network, weights drawn from `seed`: Kaiming-normal convolutions
+    /// (std √(2/fan_in)), a normal head (std √(1/in)), zero biases.
+    pub fn new(cfg: &NetConfig, seed: u64) -> Self {
+        let layout = Layout::new(cfg);
+        let mut params = vec![0.0f32; layout.len()];
+        let mut rng = Rng::new(seed);
+        for l in &layout.convs {
+            let fan_in = l.shape.k();
+            let w = rng.normal_vec(l.weight.len(), (2.0 / fan_in as f32).sqrt());
+            params[l.weight.clone()].copy_from_slice(&w);
+        }
+        let d = cfg.widths[3];
+        let w = rng.normal_vec(layout.head_weight.len(), (1.0 / d as f32).sqrt());
+        params[layout.head_weight.clone()].copy_from_slice(&w);
+        Self {
+            cfg: *cfg,
+            layout,
+            params,
+        }
+    }
+
+    /// The network's shape.
+    pub fn config(&self) -> &NetConfig {
+        &self.cfg
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.params.len()
+    }
+
+    /// All parameters (per layer: weight, then bias).
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// All parameters, for an optimiser step.
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    /// Class scores of one CHW image; the activations stay in `ws` for [`Self::backward`].
+    pub fn forward<'w>(&self, image: &[f32], ws: &'w mut Workspace) -> &'w [f32] {
+        debug_assert_eq!(image.len(), self.cfg.image_len());
+        let p = &self.params;
+        let mut input: &[f32] = image;
+        for (i, l) in self.layout.convs.iter().enumerate() {
+            let s = &l.shape;
+            nn::im2col(s, input, &mut ws.cols[i]);
+            nn::conv_forward(
+                s,
+                &p[l.weight.clone()],
+                &p[l.bias.clone()],
+                &ws.cols[i],
+                &mut ws.acts[i],
+            );
+            nn::relu(&mut ws.acts[i]);
+            if i < 3 {
+                nn::maxpool_forward(
+                    s.c_out,
+                    s.h,
+                    s.w,
+                    &ws.acts[i],
+                    &mut ws.pooled[i],
+                    &mut ws.argmax[i],
+                );
+                input = &ws.pooled[i];
+            }
+        }
+        nn::gap_forward(self.layout.convs[3].shape.hw(), &ws.acts[3], &mut ws.gap);
+        nn::linear_forward(
+            &p[self.layout.head_weight.clone()],
+            &p[self.layout.head_bias.clone()],
+            &ws.gap,
+            &mut ws.logits,
+        );
+        &ws.logits
+    }
+
+    /// Backward pass of the image last run through [`Self::forward`] with `ws`: adds `scale` ×
+    /// the gradient of its softmax cross-entropy against `target` to `grad` (laid out like the
+    /// parameters) and returns the unscaled loss.
+    pub fn backward(&self, target: usize, scale: f32, ws: &mut Workspace, grad: &mut [f32]) -> f32 {
+        debug_assert_eq!(grad.len(), self.params.len());
+        let p = &self.params;
+        let lay = &self.layout;
+        let loss = nn::softmax_cross_entropy(&ws.logits, target, scale, &mut ws.dlogits);
+        let (gw, gb) = pair_mut(grad, &lay.head_weight, &lay.head_bias);
+        nn::linear_backward(
+            &p[lay.head_weight.clone()],
+            &ws.gap,
+            &ws.dlogits,
+            gw,
+            gb,
+            &mut ws.dgap,
+        );
+        let last = lay.convs[3].shape;
+        nn::gap_backward(last.hw(), &ws.dgap, &mut ws.dact[..last.c_out * last.hw()]);
+        for (i, l) in lay.convs.iter().enumerate().rev() {
+            let s = &l.shape;
+            let dz = &mut ws.dact[..s.c_out * s.hw()];
+            nn::relu_backward(&ws.acts[i], dz);
+            let (gw, gb) = pair_mut(grad, &l.weight, &l.bias);
+            let weight = &p[l.weight.clone()];
+            if i == 0 {
+                // The image itself needs no gradient.
+                nn::conv_backward(s, weight, &ws.cols[i], dz, gw, gb, None);
+                break;
+            }
+            let dcol = &mut ws.dcol[..s.k() * s.hw()];
+            nn::conv_backward(s, weight, &ws.cols[i], dz, gw, gb, Some(&mut *dcol));
+            let dpool = &mut ws.dpool[..s.c_in * s.hw()];
+            dpool.fill(0.0);
+            nn::col2im_add(s, dcol, dpool);
+            let prev = lay.convs[i - 1].shape;
+            nn::maxpool_backward(dpool, &ws.argmax[i - 1], &mut ws.dact[..prev.c_out * prev.hw()]);
+        }
+        loss
     }
 
     /// Exports the network to ONNX (opset 17): input `input` `[batch, 3, size, size]` float,
     /// output `logits` `[batch, classes]`.
-    pub fn to_onnx(&self, cfg: &NetConfig, doc: &str) -> Result<ModelProto, VqiError> {
+    pub fn to_onnx(&self, doc: &str) -> Result<ModelProto, VqiError> {
+        if let Some(bad) = self.params.iter().find(|v| !v.is_finite()) {
+            return Err(VqiError::Training(format!(
+                "a parameter holds {bad}: training diverged"
+            )));
+        }
+        let cfg = &self.cfg;
         let mut b = GraphBuilder::new("vqi_inspection_net");
         let size = cfg.input_size as i64;
         let mut x = b.input(
@@ -135,21 +314,24 @@ impl InspectionNet {
             DataType::Float,
             &[Dim::from("batch"), 3.into(), size.into(), size.into()],
         );
-        let convs = [&self.conv1, &self.conv2, &self.conv3, &self.conv4];
-        for (i, layer) in convs.into_iter().enumerate() {
+        for (i, l) in self.layout.convs.iter().enumerate() {
             let name = format!("conv{}", i + 1);
-            let w = param_values(&layer.weight.val(), &format!("{name}.weight"))?;
-            let dims: Vec<i64> = layer.weight.val().dims().iter().map(|&d| d as i64).collect();
-            let w = b.initializer(TensorProto::from_values(format!("{name}.weight"), &dims, &w));
-            let bias = layer
-                .bias
-                .as_ref()
-                .ok_or_else(|| VqiError::Training(format!("{name} has no bias")))?;
-            let bv = param_values(&bias.val(), &format!("{name}.bias"))?;
+            let s = &l.shape;
+            let dims = [
+                s.c_out as i64,
+                s.c_in as i64,
+                nn::KERNEL as i64,
+                nn::KERNEL as i64,
+            ];
+            let w = b.initializer(TensorProto::from_values(
+                format!("{name}.weight"),
+                &dims,
+                &self.params[l.weight.clone()],
+            ));
             let bias = b.initializer(TensorProto::from_values(
                 format!("{name}.bias"),
-                &[bv.len() as i64],
-                &bv,
+                &[s.c_out as i64],
+                &self.params[l.bias.clone()],
             ));
             let y = b.node(
                 "Conv",
@@ -173,17 +355,18 @@ impl InspectionNet {
         }
         let pooled = b.node("GlobalAveragePool", "gap", &[&x], vec![]);
         let flat = b.node("Flatten", "flatten", &[&pooled], vec![attr_int("axis", 1)]);
-        let hw = param_values(&self.head.weight.val(), "head.weight")?;
-        let hdims: Vec<i64> = self.head.weight.val().dims().iter().map(|&d| d as i64).collect();
-        let hw = b.initializer(TensorProto::from_values("head.weight", &hdims, &hw));
-        let head_bias = self
-            .head
-            .bias
-            .as_ref()
-            .ok_or_else(|| VqiError::Training("head has no bias".into()))?;
-        let hb = param_values(&head_bias.val(), "head.bias")?;
-        let hb = b.initializer(TensorProto::from_values("head.bias", &[hb.len() as i64], &hb));
-        // The weight is [in, out] (burn's layout), so Gemm multiplies without transposing B.
+        let d = cfg.widths[3] as i64;
+        let hw = b.initializer(TensorProto::from_values(
+            "head.weight",
+            &[d, cfg.classes as i64],
+            &self.params[self.layout.head_weight.clone()],
+        ));
+        let hb = b.initializer(TensorProto::from_values(
+            "head.bias",
+            &[cfg.classes as i64],
+            &self.params[self.layout.head_bias.clone()],
+        ));
+        // The weight is [in, out], so Gemm multiplies without transposing B.
         let logits = b.node_to(
             "Gemm",
             "head",
@@ -202,19 +385,6 @@ impl InspectionNet {
     }
 }
 
-fn param_values<const D: usize>(t: &Tensor<D>, name: &str) -> Result<Vec<f32>, VqiError> {
-    let values: Vec<f32> = t
-        .to_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| VqiError::Training(format!("reading {name}: {e:?}")))?;
-    if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-        return Err(VqiError::Training(format!(
-            "{name} holds {bad}: training diverged"
-        )));
-    }
-    Ok(values)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,7 +393,69 @@ mod tests {
     fn the_reference_network_has_about_61k_parameters() {
         let cfg = NetConfig::reference(12);
         assert_eq!(cfg.parameters(), 61_292);
-        let net = InspectionNet::new(&cfg, 1, &Device::flex());
+        let net = InspectionNet::new(&cfg, 1);
         assert_eq!(net.num_params(), cfg.parameters());
+        assert_eq!(net, InspectionNet::new(&cfg, 1), "a seed gives one network");
+        assert_ne!(net.params(), InspectionNet::new(&cfg, 2).params());
+    }
+
+    /// The whole network's backward pass against central differences of its loss, on a tiny
+    /// configuration (8×8 input: 8 → 4 → 2 → 1 pixels per side through the blocks).
+    #[test]
+    fn the_network_gradient_matches_finite_differences() {
+        let cfg = NetConfig {
+            widths: [2, 3, 3, 4],
+            classes: 3,
+            input_size: 8,
+        };
+        let mut net = InspectionNet::new(&cfg, 9);
+        // Non-zero biases so every ReLU sees both signs.
+        let mut rng = Rng::new(10);
+        for l in net.layout.convs.clone() {
+            let b = rng.normal_vec(l.bias.len(), 0.3);
+            net.params[l.bias].copy_from_slice(&b);
+        }
+        let image = rng.normal_vec(cfg.image_len(), 1.0);
+        let target = 1;
+        let mut ws = Workspace::new(&net);
+        net.forward(&image, &mut ws);
+        let mut grad = vec![0.0f32; net.num_params()];
+        let loss = net.backward(target, 1.0, &mut ws, &mut grad);
+        let loss_at = |net: &InspectionNet, ws: &mut Workspace| {
+            let logits = net.forward(&image, ws).to_vec();
+            let mut d = vec![0.0; logits.len()];
+            f64::from(nn::softmax_cross_entropy(&logits, target, 1.0, &mut d))
+        };
+        assert!((f64::from(loss) - loss_at(&net, &mut ws)).abs() < 1e-6);
+        let eps = 1e-3f32;
+        let (mut checked, mut skipped) = (0, 0);
+        for (i, &g) in grad.iter().enumerate() {
+            let v = net.params[i];
+            net.params[i] = v + eps;
+            let up = loss_at(&net, &mut ws);
+            net.params[i] = v - eps;
+            let down = loss_at(&net, &mut ws);
+            net.params[i] = v;
+            let numeric = (up - down) / (2.0 * f64::from(eps));
+            let analytic = f64::from(g);
+            // A step across a ReLU or max-pool kink makes the difference quotient meaningless;
+            // detect it by the one-sided quotients disagreeing.
+            let mid = loss_at(&net, &mut ws);
+            let (right, left) = ((up - mid) / f64::from(eps), (mid - down) / f64::from(eps));
+            if (right - left).abs() > 0.05 * (1.0 + numeric.abs()) {
+                skipped += 1;
+                continue;
+            }
+            checked += 1;
+            assert!(
+                (analytic - numeric).abs() <= 5e-3 * (1.0 + numeric.abs()),
+                "parameter {i}: analytic {analytic}, numeric {numeric}"
+            );
+        }
+        assert!(
+            checked >= net.num_params() * 9 / 10,
+            "{checked} checked, {skipped} at kinks"
+        );
+        assert!(grad.iter().any(|g| *g != 0.0));
     }
 }

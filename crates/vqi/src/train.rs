@@ -1,20 +1,20 @@
-//! `edgemlops vqi train`: trains the reference CNN on a generated dataset with burn's Flex CPU
-//! backend, exports it to ONNX, writes `labels.txt`, `preprocess.json`, `postprocess.json` and
-//! `train_report.json` next to it, and checks the exported file in ONNX Runtime against the
-//! trained network on the held-out set.
+//! `edgemlops vqi train`: trains the reference CNN on a generated dataset (Adam, cosine decay,
+//! horizontal flips; layers in [`crate::nn`]), exports it to ONNX, writes `labels.txt`,
+//! `preprocess.json`, `postprocess.json` and `train_report.json` next to it, and checks the
+//! exported file in ONNX Runtime against the trained network on the held-out set.
 //!
 //! Everything random (initial weights, shuffling, flips, the hold-out split) comes from
-//! [`onnx::rng::Rng`] seeded by the run's seed. burn's kernels run on the rayon pool, whose
-//! reductions may be split differently with another thread count, so a retrain on another
-//! machine reproduces the accuracy to within a tolerance rather than bit for bit.
+//! [`onnx::rng::Rng`] seeded by the run's seed. Worker threads share a batch out in fixed groups
+//! of [`GROUP`] images; each group's gradient is summed in image order and the groups' gradients
+//! in group order, so the arithmetic, and therefore the trained weights, are bit-identical
+//! whatever the number of threads. (Another CPU may pick other sgemm kernels, e.g. without FMA,
+//! and then reproduces the accuracy only to within a tolerance.)
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use std::sync::Mutex;
+
 use infer::ModelSource;
 use onnx::rng::Rng;
 use serde::Serialize;
@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::dataset::{self, Dataset, LABELS_FILE};
 use crate::error::VqiError;
 use crate::eval;
-use crate::model::{InspectionNet, NetConfig};
+use crate::model::{InspectionNet, NetConfig, Workspace};
 use crate::taxonomy;
 
 /// File names written next to the model.
@@ -56,6 +56,8 @@ pub struct TrainOptions {
     pub widths: [usize; 4],
     /// Run the exported model in ONNX Runtime on the test set and compare.
     pub verify_onnx: bool,
+    /// Worker threads (`None`: one per available core). Never changes the result.
+    pub threads: Option<usize>,
 }
 
 impl TrainOptions {
@@ -67,10 +69,11 @@ impl TrainOptions {
             out: out.into(),
             epochs: 12,
             seed: 0,
-            batch_size: 64,
-            learning_rate: 2e-3,
+            batch_size: 32,
+            learning_rate: 4e-3,
             widths: [16, 32, 64, 64],
             verify_onnx: true,
+            threads: None,
         }
     }
 
@@ -98,6 +101,9 @@ impl TrainOptions {
                 "widths",
                 "every convolution needs at least one channel",
             ));
+        }
+        if self.threads == Some(0) {
+            return Err(VqiError::invalid("threads", "0 (expected at least 1)"));
         }
         if self.out.extension().is_none_or(|e| e != "onnx") {
             return Err(VqiError::invalid(
@@ -133,7 +139,7 @@ pub struct OnnxCheck {
     pub runtime: String,
     /// Top-1 accuracy of the ONNX model.
     pub accuracy: f64,
-    /// Share of images where ONNX Runtime and burn predict the same class.
+    /// Share of images where ONNX Runtime and the trainer's own forward pass predict the same class.
     pub agreement: f64,
     /// Largest absolute difference between the two engines' logits.
     pub max_abs_logit_diff: f64,
@@ -175,7 +181,7 @@ pub struct TrainReport {
     pub test: DataReport,
     /// Per-epoch figures.
     pub history: Vec<EpochReport>,
-    /// Top-1 accuracy of the trained network (burn) on the held-out set.
+    /// Top-1 accuracy of the trained network (the trainer's forward pass) on the held-out set.
     pub test_accuracy: f64,
     /// Per-class top-1 accuracy on the held-out set, in label order.
     pub per_class_accuracy: Vec<f64>,
@@ -187,14 +193,95 @@ pub struct TrainReport {
     pub train_seconds: f64,
     /// Training engine.
     pub engine: String,
-    /// Worker threads of the training engine.
+    /// Worker threads used for training.
     pub threads: usize,
+}
+
+/// Images per gradient group: the unit of work of a thread and of the fixed summation order.
+pub const GROUP: usize = 4;
+
+/// Adam's moment decay rates and denominator guard (burn's and PyTorch's defaults except
+/// epsilon, which is burn's).
+const ADAM_BETA1: f32 = 0.9;
+const ADAM_BETA2: f32 = 0.999;
+const ADAM_EPSILON: f32 = 1e-5;
+
+/// Adam without weight decay, over the flat parameter vector.
+#[derive(Clone, Debug)]
+struct Adam {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    steps: i32,
+}
+
+impl Adam {
+    fn new(n: usize) -> Self {
+        Self {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            steps: 0,
+        }
+    }
+
+    fn step(&mut self, lr: f64, params: &mut [f32], grad: &[f32]) {
+        self.steps += 1;
+        let c1 = 1.0 - ADAM_BETA1.powi(self.steps);
+        let c2 = 1.0 - ADAM_BETA2.powi(self.steps);
+        let lr = lr as f32;
+        for (((p, g), m), v) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v) {
+            *m = ADAM_BETA1 * *m + (1.0 - ADAM_BETA1) * g;
+            *v = ADAM_BETA2 * *v + (1.0 - ADAM_BETA2) * g * g;
+            *p -= lr * (*m / c1) / ((*v / c2).sqrt() + ADAM_EPSILON);
+        }
+    }
+}
+
+/// Runs `task` on every element of `items` (with its index) on one thread per workspace; a
+/// thread takes the next element when it is done with one. Results go into the elements, so
+/// they do not depend on which thread ran what.
+fn for_each_parallel<T: Send>(
+    items: &mut [T],
+    workspaces: &mut [Workspace],
+    task: &(dyn Fn(usize, &mut T, &mut Workspace) + Sync),
+) {
+    if workspaces.len() <= 1 || items.len() <= 1 {
+        if let Some(ws) = workspaces.first_mut() {
+            for (i, item) in items.iter_mut().enumerate() {
+                task(i, item, ws);
+            }
+        }
+        return;
+    }
+    let queue = Mutex::new(items.iter_mut().enumerate());
+    std::thread::scope(|s| {
+        for ws in workspaces.iter_mut() {
+            let queue = &queue;
+            s.spawn(move || {
+                loop {
+                    // A poisoned queue means another worker panicked; the scope re-raises it.
+                    let next = match queue.lock() {
+                        Ok(mut q) => q.next(),
+                        Err(_) => None,
+                    };
+                    let Some((i, item)) = next else { break };
+                    task(i, item, ws);
+                }
+            });
+        }
+    });
+}
+
+/// One group's share of a training step.
+#[derive(Clone, Debug)]
+struct GroupGradient {
+    grad: Vec<f32>,
+    loss: f64,
+    correct: usize,
 }
 
 /// Trains, exports and checks; `on_epoch` sees each epoch's figures as they come.
 pub fn train(opts: &TrainOptions, on_epoch: &mut dyn FnMut(&EpochReport)) -> Result<TrainReport, VqiError> {
     opts.validate()?;
-    allocator::keep_freed_memory();
     let spec = dataset::preprocess_spec();
     let full = dataset::load(&opts.data, &spec)?;
     let test_data = match &opts.test {
@@ -237,15 +324,27 @@ pub fn train(opts: &TrainOptions, on_epoch: &mut dyn FnMut(&EpochReport)) -> Res
         classes: full.labels.len(),
         input_size: spec.width as usize,
     };
-    let device = Device::flex().autodiff();
-    let mut model = InspectionNet::new(&cfg, opts.seed, &device);
-    let mut optimizer = AdamConfig::new().init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let mut model = InspectionNet::new(&cfg, opts.seed);
+    let mut workspaces: Vec<Workspace> = (0..threads).map(|_| Workspace::new(&model)).collect();
+    let mut optimizer = Adam::new(model.num_params());
+    let mut groups: Vec<GroupGradient> = (0..opts.batch_size.div_ceil(GROUP))
+        .map(|_| GroupGradient {
+            grad: vec![0.0; model.num_params()],
+            loss: 0.0,
+            correct: 0,
+        })
+        .collect();
+    let mut grad = vec![0.0f32; model.num_params()];
     let mut rng = Rng::new(opts.seed ^ 0x005E_ED0F_7EA1);
     let steps_per_epoch = train_set.indices.len().div_ceil(opts.batch_size);
     let total_steps = (steps_per_epoch * opts.epochs) as f64;
     let mut history = Vec::with_capacity(opts.epochs);
     let mut train_seconds = 0.0;
+    let side = spec.width as usize;
     let mut batch = Vec::with_capacity(opts.batch_size * full.image_len);
     let mut step = 0usize;
     for epoch in 1..=opts.epochs {
@@ -258,36 +357,48 @@ pub fn train(opts: &TrainOptions, on_epoch: &mut dyn FnMut(&EpochReport)) -> Res
             batch.clear();
             for &i in chunk {
                 let flip = rng.next_f64() < 0.5;
-                push_image(&mut batch, full.image(i), spec.width as usize, flip);
+                push_image(&mut batch, full.image(i), side, flip);
             }
             let n = chunk.len();
-            let side = spec.width as usize;
-            let x = Tensor::<4>::from_data(TensorData::new(batch.clone(), [n, 3, side, side]), &device);
-            let targets: Vec<i64> = chunk.iter().map(|&i| full.targets[i] as i64).collect();
-            let y = Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [n]), &device);
-            let logits = model.forward(x);
-            let predicted = argmax_rows(&logits)?;
-            correct += predicted
-                .iter()
-                .zip(&targets)
-                .filter(|(p, t)| **p as i64 == **t)
-                .count();
-            let loss = loss_fn.forward(logits, y);
-            let loss_value: f32 = loss.clone().into_scalar();
-            if !loss_value.is_finite() {
+            let used = n.div_ceil(GROUP);
+            let scale = 1.0 / n as f32;
+            let (net, images) = (&model, &batch);
+            for_each_parallel(&mut groups[..used], &mut workspaces, &|g, group, ws| {
+                group.grad.fill(0.0);
+                group.loss = 0.0;
+                group.correct = 0;
+                for j in g * GROUP..((g + 1) * GROUP).min(n) {
+                    let image = &images[j * full.image_len..(j + 1) * full.image_len];
+                    let target = full.targets[chunk[j]];
+                    if eval::argmax(net.forward(image, ws)) == target {
+                        group.correct += 1;
+                    }
+                    group.loss += f64::from(net.backward(target, scale, ws, &mut group.grad));
+                }
+            });
+            grad.copy_from_slice(&groups[0].grad);
+            let mut batch_loss = groups[0].loss;
+            correct += groups[0].correct;
+            for group in &groups[1..used] {
+                for (a, b) in grad.iter_mut().zip(&group.grad) {
+                    *a += b;
+                }
+                batch_loss += group.loss;
+                correct += group.correct;
+            }
+            if !batch_loss.is_finite() {
                 return Err(VqiError::Training(format!(
-                    "loss became {loss_value} in epoch {epoch} (lower the learning rate)"
+                    "loss became {batch_loss} in epoch {epoch} (lower the learning rate)"
                 )));
             }
-            loss_sum += f64::from(loss_value) * n as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            loss_sum += batch_loss;
             let lr = cosine_lr(opts.learning_rate, step as f64 / total_steps);
-            model = optimizer.step(lr, model, grads);
+            optimizer.step(lr, model.params_mut(), &grad);
             step += 1;
         }
         let seconds = started.elapsed().as_secs_f64();
         train_seconds += seconds;
-        let eval = evaluate(&model.valid(), test_source, &test_set.indices)?;
+        let eval = evaluate(&model, test_source, &test_set.indices, &mut workspaces);
         let report = EpochReport {
             epoch,
             learning_rate: epoch_lr,
@@ -300,8 +411,7 @@ pub fn train(opts: &TrainOptions, on_epoch: &mut dyn FnMut(&EpochReport)) -> Res
         history.push(report);
     }
 
-    let trained = model.valid();
-    let eval = evaluate(&trained, test_source, &test_set.indices)?;
+    let eval = evaluate(&model, test_source, &test_set.indices, &mut workspaces);
     let doc = format!(
         "VQI reference classifier: {} classes ({}), trained by edgemlops vqi train (seed {}, {} epochs, {} images)",
         cfg.classes,
@@ -310,7 +420,7 @@ pub fn train(opts: &TrainOptions, on_epoch: &mut dyn FnMut(&EpochReport)) -> Res
         opts.epochs,
         train_set.indices.len()
     );
-    let onnx_model = trained.to_onnx(&cfg, &doc)?;
+    let onnx_model = model.to_onnx(&doc)?;
     let bytes = onnx::encode_model(&onnx_model)?;
     write_outputs(opts, &full.labels, &bytes)?;
     let onnx = if opts.verify_onnx {
@@ -359,13 +469,16 @@ pub fn train(opts: &TrainOptions, on_epoch: &mut dyn FnMut(&EpochReport)) -> Res
         confusion: eval.confusion,
         onnx,
         train_seconds,
-        engine: "burn 0.22.1 (flex backend, autodiff)".to_owned(),
-        threads: std::thread::available_parallelism().map_or(1, usize::from),
+        engine: ENGINE.to_owned(),
+        threads,
     };
     let json = pretty_json(&report)?;
     onnx::io::write_atomic(&sibling(&opts.out, REPORT_FILE), json.as_bytes())?;
     Ok(report)
 }
+
+/// What `train_report.json` names as the training engine.
+pub const ENGINE: &str = "vqi::nn (hand-written; im2col + matrixmultiply sgemm, fixed-order reduction)";
 
 /// A subset of a loaded dataset, by image index.
 struct Split {
@@ -424,11 +537,6 @@ fn push_image(out: &mut Vec<f32>, chw: &[f32], side: usize, flip: bool) {
     }
 }
 
-fn argmax_rows(logits: &Tensor<2>) -> Result<Vec<usize>, VqiError> {
-    let data = logits.clone().argmax(1).into_data();
-    Ok(data.iter::<i64>().map(|v| v.max(0) as usize).collect())
-}
-
 /// Predictions of a network on some images of a dataset.
 #[derive(Clone, Debug)]
 struct Evaluation {
@@ -449,62 +557,55 @@ impl Evaluation {
     }
 }
 
-const EVAL_BATCH: usize = 256;
+/// Images per evaluation task.
+const EVAL_CHUNK: usize = 16;
 
-fn evaluate(model: &InspectionNet, data: &Dataset, indices: &[usize]) -> Result<Evaluation, VqiError> {
-    let device = Device::flex();
+fn evaluate(
+    model: &InspectionNet,
+    data: &Dataset,
+    indices: &[usize],
+    workspaces: &mut [Workspace],
+) -> Evaluation {
     let n_classes = data.labels.len();
-    let side = (data.image_len / 3).isqrt();
-    let mut predicted = Vec::with_capacity(indices.len());
-    let mut logits = Vec::with_capacity(indices.len() * n_classes);
-    let mut batch = Vec::with_capacity(EVAL_BATCH * data.image_len);
-    for chunk in indices.chunks(EVAL_BATCH) {
-        batch.clear();
-        for &i in chunk {
-            batch.extend_from_slice(data.image(i));
+    let mut chunks: Vec<Vec<f32>> = vec![Vec::new(); indices.len().div_ceil(EVAL_CHUNK)];
+    for_each_parallel(&mut chunks, workspaces, &|c, logits, ws| {
+        for &i in &indices[c * EVAL_CHUNK..((c + 1) * EVAL_CHUNK).min(indices.len())] {
+            logits.extend_from_slice(model.forward(data.image(i), ws));
         }
-        let x = Tensor::<4>::from_data(
-            TensorData::new(batch.clone(), [chunk.len(), 3, side, side]),
-            &device,
-        );
-        let out = model.forward(x);
-        predicted.extend(argmax_rows(&out)?);
-        logits.extend(
-            out.into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| VqiError::Training(format!("reading logits: {e:?}")))?,
-        );
-    }
+    });
+    let logits: Vec<f32> = chunks.concat();
+    let predicted: Vec<usize> = logits.chunks_exact(n_classes).map(eval::argmax).collect();
     let mut confusion = vec![vec![0usize; n_classes]; n_classes];
     for (&i, &p) in indices.iter().zip(&predicted) {
-        confusion[data.targets[i]][p.min(n_classes - 1)] += 1;
+        confusion[data.targets[i]][p] += 1;
     }
-    Ok(Evaluation {
+    Evaluation {
         predicted,
         logits,
         confusion,
-    })
+    }
 }
 
-/// Runs the exported model in ONNX Runtime on the held-out images and compares with burn.
+/// Runs the exported model in ONNX Runtime on the held-out images and compares with the
+/// trainer's own forward pass.
 fn check_onnx(
     bytes: &[u8],
     data: &Dataset,
     indices: &[usize],
-    burn: &Evaluation,
+    own: &Evaluation,
 ) -> Result<OnnxCheck, VqiError> {
     let ort = eval::evaluate_onnx(ModelSource::Bytes(bytes), data, indices)?;
     let n_classes = data.labels.len();
     let agree = ort
         .predicted
         .iter()
-        .zip(&burn.predicted)
+        .zip(&own.predicted)
         .filter(|(a, b)| a == b)
         .count();
     let max_abs_logit_diff = ort
         .logits
         .iter()
-        .zip(&burn.logits)
+        .zip(&own.logits)
         .map(|(a, b)| f64::from((a - b).abs()))
         .fold(0.0, f64::max);
     debug_assert_eq!(ort.logits.len(), indices.len() * n_classes);
@@ -540,30 +641,6 @@ fn pretty_json<T: Serialize>(value: &T) -> Result<String, VqiError> {
     serde_json::to_string_pretty(value)
         .map(|s| format!("{s}\n"))
         .map_err(|e| VqiError::Training(format!("serialising a spec: {e}")))
-}
-
-mod allocator {
-    //! glibc returns large freed blocks to the OS (munmap, heap trimming) and maps them again on
-    //! the next step; with training's big, short-lived tensors that costs 1.35–1.6× in time.
-    //! Raising the mmap threshold to its maximum and disabling trimming keeps the memory mapped.
-
-    /// Makes glibc malloc keep freed memory for reuse. No-op elsewhere. Process-wide.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    pub fn keep_freed_memory() {
-        // glibc's ceiling for M_MMAP_THRESHOLD on 64-bit targets (DEFAULT_MMAP_THRESHOLD_MAX).
-        const MMAP_THRESHOLD_MAX: libc::c_int = 32 * 1024 * 1024;
-        // SAFETY: mallopt only changes malloc tuning parameters; glibc takes its arena lock, so
-        // calling it while other threads allocate is sound. Failure (return 0) leaves defaults.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
-        }
-    }
-
-    /// Makes glibc malloc keep freed memory for reuse. No-op elsewhere. Process-wide.
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    pub fn keep_freed_memory() {}
 }
 
 #[cfg(test)]

@@ -100,6 +100,22 @@ impl HubClient {
         Self::json(what, self.send(what, self.http.post(self.url(path)).json(body))?)
     }
 
+    /// `POST path` with a body of `content_type` (a CSV file) → JSON.
+    pub fn post_bytes<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<T> {
+        let request = self
+            .http
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        Self::json(what, self.send(what, request)?)
+    }
+
     /// `PUT path` with a JSON body → JSON.
     pub fn put<T: DeserializeOwned, B: Serialize>(&self, what: &str, path: &str, body: &B) -> Result<T> {
         Self::json(what, self.send(what, self.http.put(self.url(path)).json(body))?)

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use infer::machine::MachineInfo;
-use infer::{Backend, ElementType, ModelSource, OrtBackend, SessionOptions, Tensor, TensorSpec};
+use infer::{Backend, ElementType, ModelSource, OrtBackend, Session, SessionOptions, Tensor, TensorSpec};
 use ndarray::ArrayD;
 use onnx::rng::Rng;
 use serde::Serialize;
@@ -70,6 +70,8 @@ pub struct Settings {
     pub optimization: String,
     /// Input seed.
     pub seed: u64,
+    /// Whether the models took turns (one run each per round) instead of running one after another.
+    pub interleaved: bool,
 }
 
 /// One model's results.
@@ -173,6 +175,89 @@ pub fn make_input(dtype: ElementType, shape: &[usize], rng: &mut Rng) -> Tensor 
     }
 }
 
+/// A model loaded for timing: its session, generated inputs and the samples so far.
+struct LoadedModel {
+    name: String,
+    path: PathBuf,
+    size_bytes: u64,
+    load_ms: f64,
+    session: Box<dyn Session>,
+    inputs: Vec<Tensor>,
+    shapes: Vec<Vec<usize>>,
+    samples: Vec<f64>,
+}
+
+impl LoadedModel {
+    /// Runs the model once and records the latency in milliseconds.
+    fn time_one_run(&mut self) -> Result<()> {
+        let t = Instant::now();
+        let out = self
+            .session
+            .run(&self.inputs)
+            .with_context(|| self.path.display().to_string())?;
+        self.samples.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(out);
+        Ok(())
+    }
+
+    /// The result row (ratios are filled in once every model ran).
+    fn finish(self) -> Result<ModelResult> {
+        let summary = stats::summarize(&self.samples).context("no samples")?;
+        Ok(ModelResult {
+            name: self.name,
+            path: self.path,
+            size_bytes: self.size_bytes,
+            load_ms: self.load_ms,
+            input_shapes: self.shapes,
+            summary,
+            median_ratio: 1.0,
+            mean_ratio: 1.0,
+            samples: self.samples,
+        })
+    }
+}
+
+/// Loads the `i`-th model of the command line and makes its inputs.
+fn load(
+    a: &BenchArgs,
+    i: usize,
+    path: &Path,
+    backend: &OrtBackend,
+    options: &SessionOptions,
+    overrides: &HashMap<String, Vec<usize>>,
+) -> Result<LoadedModel> {
+    let name = a.labels.get(i).cloned().unwrap_or_else(|| {
+        path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    });
+    let size_bytes = std::fs::metadata(path)?.len();
+    let t0 = Instant::now();
+    let session = backend
+        .load(ModelSource::File(path), options)
+        .with_context(|| path.display().to_string())?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut rng = Rng::new(a.seed);
+    let mut shapes = Vec::new();
+    let mut inputs = Vec::new();
+    for spec in session.inputs() {
+        let shape = input_shape(spec, overrides, a.batch as usize, path)?;
+        inputs.push(make_input(spec.dtype, &shape, &mut rng));
+        shapes.push(shape);
+    }
+    Ok(LoadedModel {
+        name,
+        path: path.to_path_buf(),
+        size_bytes,
+        load_ms,
+        session,
+        inputs,
+        shapes,
+        samples: Vec::with_capacity((a.runs + a.warmup) as usize),
+    })
+}
+
 /// Runs the benchmark and writes the outputs.
 pub fn run(a: &BenchArgs) -> Result<()> {
     if !a.labels.is_empty() && a.labels.len() != a.files.len() {
@@ -206,52 +291,46 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut results = Vec::new();
-    for (i, path) in a.files.iter().enumerate() {
-        let name = a.labels.get(i).cloned().unwrap_or_else(|| {
-            path.file_name().map_or_else(
-                || path.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            )
-        });
-        bar.set_message(name.clone());
-        let size_bytes = std::fs::metadata(path)?.len();
-        let t0 = Instant::now();
-        let mut session = backend
-            .load(ModelSource::File(path), &options)
-            .with_context(|| path.display().to_string())?;
-        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut rng = Rng::new(a.seed);
-        let mut shapes = Vec::new();
-        let mut inputs = Vec::new();
-        for spec in session.inputs() {
-            let shape = input_shape(spec, &overrides, a.batch as usize, path)?;
-            inputs.push(make_input(spec.dtype, &shape, &mut rng));
-            shapes.push(shape);
+    if a.interleave {
+        // All sessions live at once and take turns, one run each per round, so that background
+        // load (other processes on a shared machine) falls on every model alike.
+        let mut loaded = Vec::new();
+        for (i, path) in a.files.iter().enumerate() {
+            loaded.push(load(a, i, path, &backend, &options, &overrides)?);
         }
-        for _ in 0..a.warmup {
-            session.run(&inputs).with_context(|| path.display().to_string())?;
-            bar.inc(1);
+        for m in &mut loaded {
+            bar.set_message(m.name.clone());
+            for _ in 0..a.warmup {
+                m.time_one_run()?;
+                bar.inc(1);
+            }
+            m.samples.clear();
         }
-        let mut samples = Vec::with_capacity(a.runs as usize);
+        bar.set_message("interleaved rounds");
         for _ in 0..a.runs {
-            let t = Instant::now();
-            let out = session.run(&inputs).with_context(|| path.display().to_string())?;
-            samples.push(t.elapsed().as_secs_f64() * 1e3);
-            drop(out);
-            bar.inc(1);
+            for m in &mut loaded {
+                m.time_one_run()?;
+                bar.inc(1);
+            }
         }
-        let summary = stats::summarize(&samples).context("no samples")?;
-        results.push(ModelResult {
-            name,
-            path: path.clone(),
-            size_bytes,
-            load_ms,
-            input_shapes: shapes,
-            summary,
-            median_ratio: 1.0,
-            mean_ratio: 1.0,
-            samples,
-        });
+        for m in loaded {
+            results.push(m.finish()?);
+        }
+    } else {
+        for (i, path) in a.files.iter().enumerate() {
+            let mut m = load(a, i, path, &backend, &options, &overrides)?;
+            bar.set_message(m.name.clone());
+            for _ in 0..a.warmup {
+                m.time_one_run()?;
+                bar.inc(1);
+            }
+            m.samples.clear();
+            for _ in 0..a.runs {
+                m.time_one_run()?;
+                bar.inc(1);
+            }
+            results.push(m.finish()?);
+        }
     }
     bar.finish_and_clear();
     let (ref_median, ref_mean) = (results[0].summary.median_ms, results[0].summary.mean_ms);
@@ -278,6 +357,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             batch: a.batch,
             optimization: format!("{:?}", a.optimization).to_lowercase(),
             seed: a.seed,
+            interleaved: a.interleave,
         },
         models: results,
     };

@@ -319,3 +319,99 @@ fn hub_commands_report_missing_and_wrong_credentials_in_one_line() {
         .unwrap();
     one_line_error(&o, "cannot reach the hub at http://127.0.0.1:9");
 }
+
+#[test]
+fn the_asset_cli_adds_imports_lists_shows_and_repairs_and_names_bad_csv_lines() {
+    let hub = start_hub(&SecretKey::from_seed(&[6; 32]));
+    let work = hub.dir.path();
+    let added = hub.json(&[
+        "asset",
+        "add",
+        "P-17",
+        "--name",
+        "Pole 17",
+        "--type",
+        "pole",
+        "--site",
+        "Feeder 4",
+        "--lat",
+        "-33.9",
+        "--lon",
+        "18.4",
+        "--meta",
+        "height_m=12",
+        "--meta",
+        "material=wood",
+        "--json",
+    ]);
+    assert_eq!(added["id"], "P-17");
+    assert_eq!(added["latitude"], -33.9);
+    assert_eq!(added["metadata"], json!({"height_m": 12, "material": "wood"}));
+    one_line_error(
+        &hub.run(&["asset", "add", "P-17", "--type", "pole"]),
+        "409 Conflict: asset 'P-17' already exists",
+    );
+
+    // A file with bad lines is refused whole, with line numbers, in one line.
+    std::fs::write(
+        work.join("bad.csv"),
+        "id,name,type,site\nT-1,Tower 1,tower,North\nT-2,Tower 2,towr,North\nT-3,,tower,North\n",
+    )
+    .unwrap();
+    let o = hub.run(&["asset", "import", "bad.csv"]);
+    one_line_error(&o, "nothing was imported");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("line 3: unknown asset type 'towr'") && err.contains("line 4:"),
+        "{err}"
+    );
+    assert_eq!(
+        hub.json(&["asset", "list", "--json"]).as_array().unwrap().len(),
+        1
+    );
+
+    std::fs::write(
+        work.join("good.csv"),
+        "id,name,type,site,metadata\nT-1,Tower 1,tower,North,\"{\"\"kv\"\": 110}\"\nI-1,Insulator 1,insulator,North,\n",
+    )
+    .unwrap();
+    let imported = hub.json(&["asset", "import", "good.csv", "--json"]);
+    assert_eq!(imported["created"], json!(["T-1", "I-1"]));
+    let o = hub.run(&["asset", "import", "good.csv"]);
+    one_line_error(&o, "line 2: asset 'T-1' already exists");
+
+    let towers = hub.json(&["asset", "list", "--type", "tower", "--json"]);
+    assert_eq!(towers.as_array().unwrap().len(), 1);
+    assert_eq!(towers[0]["metadata"]["kv"], 110);
+    let table = stdout(&hub.run(&["asset", "list", "--site", "North"]));
+    assert!(
+        table.starts_with("ID") && table.contains("Insulator 1") && table.contains("unknown"),
+        "{table}"
+    );
+
+    // Never inspected: listed as such in the maintenance list; "repaired" makes it good.
+    let m = hub.json(&["asset", "maintenance", "--json"]);
+    assert!(
+        m.as_array().unwrap().iter().all(|x| x["never_inspected"] == true),
+        "{m}"
+    );
+    let text = stdout(&hub.run(&["asset", "maintenance"]));
+    assert!(text.contains("never inspected"), "{text}");
+    let repaired = hub.json(&["asset", "repaired", "P-17", "--json"]);
+    assert_eq!(repaired["condition"], "good");
+    assert_eq!(repaired["history"][0]["source"], "repaired");
+    let shown = stdout(&hub.run(&["asset", "show", "P-17"]));
+    assert!(
+        shown.contains("condition:  good") && shown.contains("repaired by admin"),
+        "{shown}"
+    );
+    assert_eq!(
+        hub.json(&["asset", "list", "--condition", "good", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    one_line_error(&hub.run(&["asset", "show", "nope"]), "asset 'nope' not found");
+    one_line_error(&hub.run(&["asset", "import", "missing.csv"]), "missing.csv");
+}

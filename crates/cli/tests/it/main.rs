@@ -170,6 +170,48 @@ fn bench_writes_json_with_every_sample_and_a_two_panel_svg() {
 }
 
 #[test]
+fn interleaved_bench_times_every_model_the_same_number_of_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        edgemlops(dir.path(), &["model", "build", "mobilenetv2", "--out", "a.onnx"])
+            .status
+            .success()
+    );
+    std::fs::copy(dir.path().join("a.onnx"), dir.path().join("b.onnx")).unwrap();
+    let o = edgemlops(
+        dir.path(),
+        &[
+            "model",
+            "bench",
+            "a.onnx",
+            "b.onnx",
+            "--runs",
+            "3",
+            "--warmup",
+            "2",
+            "--threads",
+            "1",
+            "--interleave",
+            "--json",
+            "i.json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("i.json")).unwrap()).unwrap();
+    assert_eq!(j["settings"]["interleaved"], true);
+    let models = j["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    for m in models {
+        // Warm-up runs are not recorded: exactly the timed rounds.
+        let samples = m["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 3, "{m}");
+        assert!(samples.iter().all(|s| s.as_f64().is_some_and(|v| v > 0.0)));
+        assert!(m["load_ms"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
 fn garbage_truncated_and_missing_models_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     check_error(

@@ -33,7 +33,7 @@ impl ApiError {
             HubError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HubError::Forbidden(_) => StatusCode::FORBIDDEN,
             HubError::PackageRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            HubError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HubError::TooLarge { .. } | HubError::TooLargeImport { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HubError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             HubError::Db { .. } | HubError::Blob { .. } | HubError::Io { .. } | HubError::Open(_) => {

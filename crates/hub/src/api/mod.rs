@@ -8,6 +8,7 @@
 //! [`Access::DownloadToken`]: the URL's own scoped, expiring token, because devices cannot send
 //! headers (thin-edge downloads plain URLs).
 
+mod assets;
 mod error;
 mod extract;
 mod handlers;
@@ -55,6 +56,8 @@ pub struct RouteDoc {
     pub body: Option<&'static str>,
     /// Success status and what the response holds.
     pub success: (u16, &'static str),
+    /// Longer documentation (the OpenAPI description), if the summary is not enough.
+    pub detail: Option<&'static str>,
 }
 
 const JSON: Option<&str> = Some("application/json");
@@ -76,6 +79,7 @@ fn doc(
         query: &[],
         body: None,
         success: (200, "OK"),
+        detail: None,
     }
 }
 
@@ -94,7 +98,25 @@ impl RouteDoc {
         self.success = (status, what);
         self
     }
+
+    fn detail(mut self, text: &'static str) -> Self {
+        self.detail = Some(text);
+        self
+    }
 }
+
+/// How inspection results change an asset's condition (the OpenAPI description of the asset routes;
+/// the same rule as `crate::assets::rule`).
+pub const CONDITION_RULE: &str = "Condition update rule: an inspection result (`e/inspection` event naming the \
+asset id) sets the asset's condition when it names a condition, its top score is at least \
+`assets.min_confidence` and the device did not flag it `low_confidence`, its predicted asset type (if any) \
+is the registered type, and its observation time (the event's `time`, not its arrival) is not earlier \
+than that of the result or repair the current condition comes from; at equal times the more severe \
+condition wins. Other results are stored with an `outcome` saying why they changed nothing. \
+`POST /assets/{id}/repaired` sets `good` from now on. The `asset_condition` alarm is active exactly \
+while the condition is worse than good: raised on degradation, its severity follows the condition \
+(minor, major, critical), cleared when the asset is good again. The maintenance list orders critical, \
+major, minor, never inspected, then good assets, each group by the oldest last inspection.";
 
 /// Every route of the hub's HTTP server.
 pub fn routes() -> Vec<(RouteDoc, MethodRouter<Arc<Hub>>)> {
@@ -418,6 +440,98 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<Arc<Hub>>)> {
             .query(&["device", "type", "from", "to", "active", "limit"])
             .success(200, "AlarmRecord[]"),
             get(h::alarms),
+        ),
+        (
+            doc(
+                M::POST,
+                "/api/v1/assets",
+                operator,
+                "assets",
+                "Register an asset (id, name, type, site, location, metadata)",
+            )
+            .body(JSON)
+            .success(201, "AssetSummary"),
+            post(assets::create),
+        ),
+        (
+            doc(
+                M::GET,
+                "/api/v1/assets",
+                viewer,
+                "assets",
+                "List assets with their condition, by type, site and condition",
+            )
+            .query(&["type", "site", "condition", "limit"])
+            .success(200, "AssetSummary[]")
+            .detail(CONDITION_RULE),
+            get(assets::list),
+        ),
+        (
+            doc(
+                M::POST,
+                "/api/v1/assets/import",
+                operator,
+                "assets",
+                "Register assets from a CSV file: all of them, or none with every bad line named",
+            )
+            .body(Some(proto::api::ASSET_CSV_CONTENT_TYPE))
+            .success(201, "AssetImport")
+            .detail(
+                "CSV (RFC 4180, UTF-8) with a header row; columns id, name, type (required), site, \
+                 latitude, longitude, metadata (a JSON object), in any order. Any bad line, or an id that \
+                 already exists, refuses the whole file (400) with each problem and its line number; \
+                 nothing is imported then. At most 4 MiB (413) and 10000 assets.",
+            ),
+            post(assets::import),
+        ),
+        (
+            doc(
+                M::GET,
+                "/api/v1/assets/maintenance",
+                viewer,
+                "assets",
+                "Maintenance list: critical first, then by time since the last inspection",
+            )
+            .success(200, "MaintenanceItem[]")
+            .detail(CONDITION_RULE),
+            get(assets::maintenance),
+        ),
+        (
+            doc(
+                M::GET,
+                "/api/v1/assets/{id}",
+                viewer,
+                "assets",
+                "An asset with its condition history and latest inspection results",
+            )
+            .success(200, "AssetDetail")
+            .detail(CONDITION_RULE),
+            get(assets::get),
+        ),
+        (
+            doc(
+                M::POST,
+                "/api/v1/assets/{id}/repaired",
+                operator,
+                "assets",
+                "Mark an asset repaired: condition good from now on, its alarm cleared",
+            )
+            .success(200, "AssetDetail")
+            .detail(CONDITION_RULE),
+            post(assets::repaired),
+        ),
+        (
+            doc(
+                M::GET,
+                "/api/v1/inspections",
+                viewer,
+                "assets",
+                "Inspection results, linked to an asset or not (unknown asset ids are kept unlinked)",
+            )
+            .query(&["asset", "device", "linked", "limit"])
+            .success(200, "InspectionRecord[]")
+            .detail(CONDITION_RULE),
+            get(assets::inspections),
         ),
     ]
 }

@@ -35,10 +35,13 @@ fn operation(d: &RouteDoc) -> Value {
         Access::Role(_) => json!([{"bearer": []}]),
         Access::DownloadToken => json!([{"downloadToken": []}]),
     };
-    let role = match d.access {
+    let mut role = match d.access {
         Access::Role(r) => format!("Needs the {r} role."),
         Access::DownloadToken => "Authorized by the URL's scoped download token.".to_owned(),
     };
+    if let Some(detail) = d.detail {
+        role = format!("{detail}\n\n{role}");
+    }
     let mut op = json!({
         "summary": d.summary,
         "description": role,
@@ -66,7 +69,7 @@ pub fn document() -> Value {
         "info": {
             "title": "EdgeMLOps hub API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Control plane of EdgeMLOps: devices, model registry, commands, telemetry. \
+            "description": "Control plane of EdgeMLOps: devices, model registry, commands, telemetry, assets. \
                             Request and response bodies are the types of the `proto::api` module.",
         },
         "paths": paths,

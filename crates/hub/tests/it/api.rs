@@ -36,6 +36,7 @@ async fn in_process(max_package_bytes: u64) -> InProcess {
         max_package_bytes,
         public_url: "http://hub.test".into(),
         download_ttl_secs: 3600,
+        asset_rules: hub::assets::AssetRules::default(),
     })
     .await
     .unwrap();

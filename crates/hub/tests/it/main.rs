@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod assets;
 mod commands;
 mod crash;
 mod endpoint;

@@ -1,5 +1,6 @@
 //! Integration tests of the VQI crate: generated datasets on disk (determinism, balance, shifts,
-//! index consistency, refusals) and a small reproducible training run checked in ONNX Runtime.
+//! index consistency, refusals) and a small training run, bit-identical for 1 and 2 threads,
+//! checked in ONNX Runtime.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
@@ -238,21 +239,21 @@ fn bad_arguments_and_bad_datasets_are_clear_errors() {
 }
 
 /// A small configuration that trains in seconds and still learns clearly: the four asset types
-/// in good health (an easier task than the twelve classes), a narrow network, a few epochs.
+/// in good health (an easier task than the twelve classes), a narrow network, small batches.
 fn small_training(data: &Path, test: &Path, out: &Path) -> TrainOptions {
     TrainOptions {
         test: Some(test.to_owned()),
-        epochs: 6,
+        epochs: 10,
         seed: 11,
-        batch_size: 16,
-        learning_rate: 3e-3,
+        batch_size: 8,
+        learning_rate: 4e-3,
         widths: [8, 16, 16, 32],
         ..TrainOptions::new(data, out)
     }
 }
 
 #[test]
-fn retraining_from_the_same_seed_reproduces_the_accuracy_and_onnx_agrees() {
+fn retraining_from_the_same_seed_gives_identical_weights_for_any_thread_count_and_onnx_agrees() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, test) = (tmp.path().join("train"), tmp.path().join("test"));
     let good: Vec<Class> = Class::ALL
@@ -265,32 +266,51 @@ fn retraining_from_the_same_seed_reproduces_the_accuracy_and_onnx_agrees() {
     };
     generate(&subset(&data, 480, 21)).unwrap();
     generate(&subset(&test, 160, 22)).unwrap();
-    let run = |name: &str| {
+    let run = |name: &str, threads: usize| {
         let out = tmp.path().join(name).join("model.onnx");
-        let report = train(&small_training(&data, &test, &out), &mut |_| {}).unwrap();
+        let opts = TrainOptions {
+            threads: Some(threads),
+            ..small_training(&data, &test, &out)
+        };
+        let report = train(&opts, &mut |_| {}).unwrap();
         (out, report)
     };
-    let (out_a, a) = run("a");
-    let (_, b) = run("b");
+    let (out_a, a) = run("a", 1);
+    let (out_b, b) = run("b", 2);
+    assert_eq!((a.threads, b.threads), (1, 2));
+    // Bit-identical: the same weights whatever the thread count, hence the same figures.
+    let (bytes_a, bytes_b) = (std::fs::read(&out_a).unwrap(), std::fs::read(&out_b).unwrap());
     assert!(
-        (a.test_accuracy - b.test_accuracy).abs() <= 0.03,
-        "same seed, accuracies {} and {}",
-        a.test_accuracy,
-        b.test_accuracy
+        bytes_a == bytes_b,
+        "same seed, 1 and 2 threads: the ONNX files differ"
+    );
+    let figures = |r: &vqi::train::TrainReport| {
+        r.history
+            .iter()
+            .map(|e| (e.loss, e.train_accuracy, e.test_accuracy))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(figures(&a), figures(&b));
+    assert_eq!(a.test_accuracy, b.test_accuracy);
+    assert_eq!(a.confusion, b.confusion);
+    assert!(
+        a.test_accuracy >= 0.6,
+        "the small configuration learns well above chance (1/4): {:?}",
+        figures(&a)
     );
     assert!(
-        a.test_accuracy >= 0.5,
-        "the small configuration learns well above chance (1/4): {}",
-        a.test_accuracy
+        a.history.last().unwrap().loss < a.history[0].loss * 0.8,
+        "the training loss falls: {:?}",
+        figures(&a)
     );
     let onnx = a.onnx.as_ref().unwrap();
     assert_eq!(
         onnx.agreement, 1.0,
-        "ONNX Runtime and burn predict the same classes"
+        "ONNX Runtime and the trainer's forward pass predict the same classes"
     );
     assert!(onnx.max_abs_logit_diff < 1e-3, "{}", onnx.max_abs_logit_diff);
     assert_eq!(onnx.accuracy, a.test_accuracy);
-    assert_eq!(a.history.len(), 6);
+    assert_eq!(a.history.len(), 10);
 
     // The specs next to the model parse as the pipeline types and fit the model.
     let dir = out_a.parent().unwrap();

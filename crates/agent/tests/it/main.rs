@@ -1,0 +1,10 @@
+//! Integration tests of `edgemlops-agent`: the real agent binary against the real `edgemlops-hub`
+//! on random ports in temp directories, with tiny signed packages run by ONNX Runtime.
+#![allow(clippy::unwrap_used)]
+
+mod crash;
+mod e2e;
+mod offline;
+mod plugin;
+mod resume;
+mod support;

@@ -11,49 +11,9 @@ use std::str::FromStr;
 
 use proto::pipeline::{ClassMeaning, Condition, Postprocess};
 
-/// A kind of power-grid asset the inspection photos show.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AssetType {
-    /// A wooden or concrete distribution pole with a cross-arm.
-    Pole,
-    /// A steel lattice transmission tower.
-    Tower,
-    /// A pad-mounted distribution transformer (tank, cooling fins, bushings).
-    Transformer,
-    /// A close-up of a suspension insulator string (glass or porcelain discs).
-    Insulator,
-}
-
-impl AssetType {
-    /// Every asset type, in label order.
-    pub const ALL: [AssetType; 4] = [Self::Pole, Self::Tower, Self::Transformer, Self::Insulator];
-
-    /// Lowercase name, as in class names and the asset register.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pole => "pole",
-            Self::Tower => "tower",
-            Self::Transformer => "transformer",
-            Self::Insulator => "insulator",
-        }
-    }
-}
-
-impl fmt::Display for AssetType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AssetType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| format!("unknown asset type '{s}' (pole, tower, transformer, insulator)"))
-    }
-}
+/// A kind of power-grid asset the inspection photos show: the asset register's type, so labels,
+/// photos and the hub's register name assets alike.
+pub use proto::api::AssetType;
 
 /// Health of the asset in a photo, as the generator draws it and the classifier predicts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

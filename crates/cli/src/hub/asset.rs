@@ -358,13 +358,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn register_asset_types_are_the_vqi_taxonomys() {
-        let vqi: Vec<&str> = vqi::taxonomy::AssetType::ALL.iter().map(|t| t.as_str()).collect();
-        let register: Vec<&str> = AssetType::ALL.iter().map(|t| t.as_str()).collect();
-        assert_eq!(vqi, register);
-    }
-
-    #[test]
     fn meta_values_are_json_when_they_parse_and_text_otherwise() {
         let m = metadata(&[
             "h=12".into(),

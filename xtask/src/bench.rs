@@ -1,5 +1,5 @@
-//! `cargo xtask demo` and `cargo xtask bench <name>`: commands that build release binaries, run
-//! them, and write their figures to files (`target/demo/`, `bench/results/`).
+//! `cargo xtask bench <name>`: commands that build release binaries, run them, and write their
+//! figures to files (`bench/results/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,64 +21,14 @@ fn edgemlops(bin: &Path, args: &[&str]) -> Result<()> {
     util::run(Command::new(bin).args(args))
 }
 
-/// `cargo xtask demo`: the toolchain end to end on the benchmark models.
-pub fn demo(args: &[&str]) -> Result<()> {
-    if let Some(a) = args.first() {
-        bail!("cargo xtask demo takes no arguments (got '{a}')");
-    }
-    setup::setup()?;
-    let bin = release_cli()?;
-    let dir = util::target_dir()?.join("demo");
-    std::fs::create_dir_all(&dir)?;
-    let r50 = dir.join("resnet50.onnx");
-    let mnv2 = dir.join("mobilenetv2.onnx");
-    edgemlops(
-        &bin,
-        &["model", "build", "resnet50", "--out", &r50.to_string_lossy()],
-    )?;
-    edgemlops(
-        &bin,
-        &["model", "build", "mobilenetv2", "--out", &mnv2.to_string_lossy()],
-    )?;
-    edgemlops(&bin, &["model", "inspect", &r50.to_string_lossy()])?;
-    let json = dir.join("bench.json");
-    let svg = dir.join("bench.svg");
-    edgemlops(
-        &bin,
-        &[
-            "model",
-            "bench",
-            &r50.to_string_lossy(),
-            &mnv2.to_string_lossy(),
-            "--label",
-            "ResNet-50 FP32",
-            "--label",
-            "MobileNetV2 FP32",
-            "--runs",
-            "30",
-            "--warmup",
-            "5",
-            "--json",
-            &json.to_string_lossy(),
-            "--plot",
-            &svg.to_string_lossy(),
-        ],
-    )?;
-    println!(
-        "\ndemo finished: models, benchmark JSON and figure are in {}",
-        dir.display()
-    );
-    println!("  figure: {}", svg.display());
-    Ok(())
-}
-
 /// `cargo xtask bench <name>`.
 pub fn bench(name: &str, args: &[&str]) -> Result<()> {
     match name {
         "runtime" => runtime(args),
         "hub" => crate::bench_hub::run(args),
         "quantization" => crate::bench_quant::run(args),
-        other => bail!("unknown benchmark '{other}' (available: runtime, hub, quantization)"),
+        "agent" => crate::bench_agent::run(args),
+        other => bail!("unknown benchmark '{other}' (available: runtime, hub, quantization, agent)"),
     }
 }
 

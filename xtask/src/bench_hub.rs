@@ -4,66 +4,43 @@
 //! the hub's resident memory from /proc while it runs, and writes `bench/results/hub.json` and
 //! `bench/results/hub.md`.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::live::Proc;
 use crate::util::{self, workspace_root};
 
 const ADMIN: &str = "bench-admin-token-0123456789";
 
 struct Hub {
-    child: Child,
+    /// Stopped when the benchmark drops it.
+    _proc: Proc,
+    pid: u32,
     http: String,
     mqtt: String,
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_hub(bin: &Path, dir: &Path) -> Result<Hub> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
-    let log = std::fs::File::create(dir.join("hub.log"))?;
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--data-dir",
-            "data",
-            "--http",
-            "127.0.0.1:0",
-            "--mqtt",
-            "127.0.0.1:0",
-        ])
-        .args(["--admin-token", ADMIN])
-        .current_dir(dir)
-        .env("EDGEMLOPS_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let stdout = child.stdout.take().context("hub stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("edgemlops-hub ready") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .context("the hub did not report ready within 60 s")?;
+    let (proc, line) = Proc::spawn(
+        "edgemlops-hub",
+        Command::new(bin)
+            .args(["serve", "--data-dir", "data"])
+            .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+            .args(["--admin-token", ADMIN])
+            .current_dir(dir)
+            .env("EDGEMLOPS_LOG", "warn"),
+        &dir.join("hub.log"),
+        "edgemlops-hub ready",
+        Duration::from_secs(60),
+    )?;
     let field = |name: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{name}=")))
@@ -71,9 +48,10 @@ fn start_hub(bin: &Path, dir: &Path) -> Result<Hub> {
             .with_context(|| format!("no {name}= in '{line}'"))
     };
     Ok(Hub {
+        pid: proc.pid().context("the hub has no pid")?,
         http: format!("http://{}", field("http")?),
         mqtt: field("mqtt")?,
-        child,
+        _proc: proc,
     })
 }
 
@@ -122,7 +100,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     for rate in [1.0, 10.0] {
         let dir = target.join("bench-hub");
         let hub = start_hub(&hub_bin, &dir)?;
-        let pid = hub.child.id();
+        let pid = hub.pid;
         let peak_rss = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicBool::new(false));
         let sampler = {

@@ -25,62 +25,41 @@ use crate::bench::{python_env, read_json, release_cli};
 use crate::setup;
 use crate::util::{self, workspace_root};
 
-/// One quantized variant: label, file stem, our arguments, the Python tool's arguments.
+/// One quantized variant: label, file stem, and the arguments both tools get (ours and
+/// `bench/ort_quantize.py` take the same flags).
 struct Variant {
     label: &'static str,
     stem: &'static str,
-    ours: &'static [&'static str],
-    python: &'static [&'static str],
+    args: &'static [&'static str],
 }
 
 const VARIANTS: [Variant; 3] = [
     Variant {
         label: "static S8S8",
         stem: "s8s8",
-        ours: &[
-            "--mode",
-            "static",
-            "--activations",
-            "s8",
-            "--per-channel",
-            "--reduce-range",
-        ],
-        python: &[
-            "--mode",
-            "static",
-            "--activations",
-            "s8",
-            "--per-channel",
-            "--reduce-range",
-        ],
+        args: &["--mode", "static", "--activations", "s8", "--per-channel"],
     },
     Variant {
         label: "static U8S8",
         stem: "u8s8",
-        ours: &[
-            "--mode",
-            "static",
-            "--activations",
-            "u8",
-            "--per-channel",
-            "--reduce-range",
-        ],
-        python: &[
-            "--mode",
-            "static",
-            "--activations",
-            "u8",
-            "--per-channel",
-            "--reduce-range",
-        ],
+        args: &["--mode", "static", "--activations", "u8", "--per-channel"],
     },
     Variant {
         label: "dynamic S8",
         stem: "dyn",
-        ours: &["--mode", "dynamic", "--per-channel", "--reduce-range"],
-        python: &["--mode", "dynamic", "--per-channel", "--reduce-range"],
+        args: &["--mode", "dynamic", "--per-channel"],
     },
 ];
+
+/// 7-bit weights (`--reduce-range`) where ONNX Runtime advises them: x86-64 without VNNI, whose
+/// u8 x s8 kernels (`vpmaddubsw`) can saturate with full-range weights.
+fn reduce_range_here() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let vnni = cpuinfo
+        .split_whitespace()
+        .any(|w| w == "avx512_vnni" || w == "avx_vnni");
+    std::env::consts::ARCH == "x86_64" && !vnni
+}
 
 const MODELS: [(&str, &str); 3] = [
     ("ResNet-50", "resnet50"),
@@ -305,6 +284,8 @@ pub fn run(args: &[&str]) -> Result<()> {
     if !eval.is_file() {
         write_photos(&eval, EVAL_SAMPLES, 2)?;
     }
+    let reduce_range = reduce_range_here();
+    let reduce: &[&str] = if reduce_range { &["--reduce-range"] } else { &[] };
     let mut rows = Vec::new();
     let mut figure: Option<PathBuf> = None;
     for (label, arch) in &o.models {
@@ -320,7 +301,8 @@ pub fn run(args: &[&str]) -> Result<()> {
             let ours_s = timed(
                 Command::new(&bin)
                     .args(["model", "quantize", &s(&fp32), "--out", &s(&ours)])
-                    .args(v.ours)
+                    .args(v.args)
+                    .args(reduce)
                     .args(["--calibration-npy", &s(&calib), "--json", &s(&ours_json)]),
             )?;
             let python = work.join(format!("{arch}.{}.onnxruntime.onnx", v.stem));
@@ -330,7 +312,8 @@ pub fn run(args: &[&str]) -> Result<()> {
                     .arg(&script)
                     .arg(&fp32)
                     .args(["--out", &s(&python)])
-                    .args(v.python)
+                    .args(v.args)
+                    .args(reduce)
                     .args(["--calibration-npy", &s(&calib), "--batch", CALIBRATION_BATCH])
                     .args(["--json", &s(&python_json)]),
             )?;
@@ -427,7 +410,7 @@ fn write_results(
         .map(|r| r["latency"][0]["machine"].clone())
         .unwrap_or(Value::Null);
     let doc = json!({
-        "benchmark": "quantization", "runs": o.runs, "machine": machine, "onnxruntime": "1.32.0",
+        "benchmark": "quantization", "runs": o.runs, "reduce_range": reduce_range_here(), "machine": machine, "onnxruntime": "1.32.0",
         "calibration_samples": CALIBRATION_SAMPLES, "eval_samples": EVAL_SAMPLES,
         "calibration_batch": CALIBRATION_BATCH, "note": o.note,
         "load_average": {"before": load_before, "after": load_average()},
@@ -533,15 +516,14 @@ fn markdown(doc: &Value) -> String {
     let m = &doc["machine"];
     let mut out = format!(
         "# Quantization: FP32, static S8S8, static U8S8 and dynamic int8\n\n\
-         Machine: {} ({}; {} cores, int8-relevant features: {}; no AVX-512 and no VNNI unless listed). \
+         Machine: {} ({}; {} cores, int8-relevant features: {}). \
          Load average {} before, {} after.{}\n\n\
          ONNX Runtime 1.32.0, batch 1, {} timed runs after 10 warm-up, graph optimizations on; the models of \
          one table row take turns (one run each per round, `model bench --interleave`), so background load \
          falls on all of them alike. Regenerate with `cargo xtask bench quantization`.\n\n\
          Each variant is made twice from the same FP32 file (built by `edgemlops model build`): by \
          `edgemlops model quantize` and by onnxruntime's Python tool (`quant_pre_process` + \
-         `quantize_static`/`quantize_dynamic`), both with the same settings: per-channel 7-bit weights \
-         (`reduce_range`, what ONNX Runtime advises without VNNI and this machine's default), min/max calibration on the same {} \
+         `quantize_static`/`quantize_dynamic`), both with the same settings: per-channel {} weights, min/max calibration on the same {} \
          synthetic photographs (`.npy`, batch {}). Agreement is measured with `edgemlops model eval` on {} \
          other synthetic photographs. Weights are random (seeded), so agreement compares the tools with each \
          other, not with ImageNet accuracy.\n\n![latency](quantization.svg)\n\n",
@@ -556,6 +538,11 @@ fn markdown(doc: &Value) -> String {
         doc["load_average"]["after"],
         doc["note"].as_str().map(|n| format!(" {n}")).unwrap_or_default(),
         doc["runs"],
+        if doc["reduce_range"] == true {
+            "7-bit (`reduce_range`, what ONNX Runtime advises on x86-64 without VNNI)"
+        } else {
+            "8-bit (no `reduce_range`: this CPU has VNNI or is not x86-64)"
+        },
         doc["calibration_samples"],
         doc["calibration_batch"].as_str().unwrap_or("?"),
         doc["eval_samples"],

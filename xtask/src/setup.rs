@@ -1,5 +1,6 @@
 //! `cargo xtask setup`: ONNX Runtime from the official PyPI wheel, with no other host involved, and
-//! the MQTT test clients (`mosquitto-clients`) from the system's apt repositories.
+//! the MQTT test clients (`mosquitto-clients`) and broker (`mosquitto`, the stand-in for a thin-edge
+//! device's local broker in the agent's tests) from the system's apt repositories.
 //!
 //! pip downloads `onnxruntime==1.32.0` for this machine's architecture (pinned Python tag and
 //! platform, so the same wheel comes back on every machine), the shared library is extracted with
@@ -61,23 +62,33 @@ pub fn setup() -> Result<PathBuf> {
     Ok(lib)
 }
 
-/// Debian's `mosquitto_pub` / `mosquitto_sub`, the third-party MQTT clients of the hub's tests:
-/// installed with apt-get when missing.
+/// Debian's `mosquitto_pub` / `mosquitto_sub` (the third-party MQTT clients of the hub's tests)
+/// and `mosquitto` (the broker of the agent's thin-edge mode test): installed with apt-get when
+/// missing.
 fn setup_mqtt_clients() -> Result<()> {
     let present = |tool: &str| {
-        Command::new(tool)
-            .arg("--help")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("mosquitto"))
+        Command::new(tool).arg("--help").output().is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("mosquitto")
+                || String::from_utf8_lossy(&o.stderr).contains("mosquitto")
+        })
     };
-    if present("mosquitto_pub") && present("mosquitto_sub") {
-        eprintln!("xtask: mosquitto_pub and mosquitto_sub ready");
+    let all_present = || present("mosquitto_pub") && present("mosquitto_sub") && present("mosquitto");
+    if all_present() {
+        eprintln!("xtask: mosquitto, mosquitto_pub and mosquitto_sub ready");
         return Ok(());
     }
-    eprintln!("xtask: installing mosquitto-clients (MQTT test clients) with apt-get");
+    eprintln!(
+        "xtask: installing mosquitto-clients and mosquitto (MQTT test clients and broker) with apt-get"
+    );
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "mosquitto-clients"])
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "mosquitto-clients",
+                "mosquitto",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success())
@@ -88,13 +99,14 @@ fn setup_mqtt_clients() -> Result<()> {
             .status()
             .is_ok_and(|s| s.success())
             && install());
-    if !(installed && present("mosquitto_pub") && present("mosquitto_sub")) {
+    if !(installed && all_present()) {
         bail!(
-            "the hub's tests need mosquitto_pub and mosquitto_sub, and `apt-get install mosquitto-clients` \
-             failed; install the Debian/Ubuntu package mosquitto-clients (as root) and run again"
+            "the tests need mosquitto_pub, mosquitto_sub and mosquitto, and `apt-get install \
+             mosquitto-clients mosquitto` failed; install the Debian/Ubuntu packages mosquitto-clients and \
+             mosquitto (as root) and run again"
         );
     }
-    eprintln!("xtask: mosquitto-clients installed");
+    eprintln!("xtask: mosquitto-clients and mosquitto installed");
     Ok(())
 }
 

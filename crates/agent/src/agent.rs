@@ -4,8 +4,19 @@
 //! Actors (each with private state and one message enum): the hub link ([`crate::link`],
 //! [`LinkMsg`]), the operations actor ([`crate::commands`], [`OpsMsg`]), the results actor
 //! ([`crate::reporter`], [`ReportMsg`]); the HTTP API is a set of handlers over [`ApiState`].
+//!
+//! [`run`] is the hub mode (`edgemlops-agent run`). [`run_local`] is thin-edge mode's inference
+//! service (`edgemlops-agent infer --mqtt`): the same results actor, outbox, HTTP API and watched
+//! folder, with the link connected to the device's local broker, and no operations actor
+//! (thin-edge's agent runs `software_update` through `edgemlops-agent plugin onnx`, in another
+//! process, on the same model store). The service follows that store by polling it every
+//! [`STORE_POLL`] ([`Installer::sync_installed`]): a new active version is loaded and swapped in, a
+//! removed model stops serving. Polling needs no coordination with thin-edge and survives any
+//! way the store changes (plugin, restart, manual rollback).
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -60,11 +71,44 @@ pub fn device_facts(runtime_version: String) -> DeviceFacts {
     }
 }
 
+/// Period of the thin-edge mode's model store poll.
+pub const STORE_POLL: Duration = Duration::from_secs(2);
+
 /// Runs the agent with an installer made by [`installer`] with `Some(slots)`. The caller keeps a
 /// clone of the installer and builds it outside the async runtime: its blocking HTTP client owns a
 /// runtime of its own, which must be neither created nor dropped inside an async context.
 pub async fn run(r: Resolved, installer: Installer, slots: Slots) -> Result<()> {
+    serve(r, installer, slots, None).await
+}
+
+/// Runs thin-edge mode's inference service against the local broker `broker` (`host:port`);
+/// the installer as for [`run`].
+pub async fn run_local(r: Resolved, installer: Installer, slots: Slots, broker: String) -> Result<()> {
+    serve(r, installer, slots, Some(broker)).await
+}
+
+/// Keeps the slots in step with the model store until `stop` (a thread: the installer's blocking
+/// parts stay out of the async runtime).
+fn follow_store(installer: &Installer, stop: &AtomicBool) {
+    let mut failed = HashSet::new();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(STORE_POLL);
+        match installer.sync_installed(&mut failed) {
+            Ok(changes) if !changes.is_empty() => {
+                tracing::info!(
+                    ?changes,
+                    "the model store changed: now serving the active versions"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the model store"),
+        }
+    }
+}
+
+async fn serve(r: Resolved, installer: Installer, slots: Slots, broker: Option<String>) -> Result<()> {
     let c = r.config.clone();
+    let local = broker.is_some();
     // Serve what is installed before anything else: a restarted device serves a verified model
     // (the committed version, or the previous one if it does not load) before it talks to anyone.
     let loader = installer.clone();
@@ -72,24 +116,34 @@ pub async fn run(r: Resolved, installer: Installer, slots: Slots) -> Result<()> 
     for p in &problems {
         tracing::error!(problem = %p, "an installed model does not load");
     }
-    let outbox = Outbox::open(&r.data_dir.join("outbox.db"), c.outbox.max_bytes).await?;
+    // A separate outbox per destination: the hub's undelivered messages never go to a local
+    // broker, nor the other way round.
+    let outbox_file = if local { "outbox-local.db" } else { "outbox.db" };
+    let outbox = Outbox::open(&r.data_dir.join(outbox_file), c.outbox.max_bytes).await?;
 
     let (ops_tx, ops_rx) = mpsc::channel::<OpsMsg>(64);
     let (link_tx, link_rx) = mpsc::channel::<LinkMsg>(16);
     let (report_tx, report_rx) = mpsc::channel::<ReportMsg>(1024);
 
+    let log_file = (c.log.max_bytes > 0).then(|| crate::logfile::log_path(&r.data_dir));
     let operations = Operations::new(
         installer.clone(),
         outbox.clone(),
         r.plugins_dir.clone(),
+        log_file,
         r.device.clone(),
     );
     let software_types = operations.software_types();
-    let (host, port) = c.hub.mqtt.rsplit_once(':').context("hub.mqtt is host:port")?;
+    let endpoint = broker.unwrap_or_else(|| c.hub.mqtt.clone());
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .with_context(|| format!("the MQTT address '{endpoint}' is not host:port"))?;
     let link_config = LinkConfig {
         device: r.device.clone(),
         host: host.to_owned(),
-        port: port.parse().context("hub.mqtt port")?,
+        port: port
+            .parse()
+            .with_context(|| format!("the MQTT address '{endpoint}' has no valid port"))?,
         token: c.hub.token.clone(),
         keep_alive: Duration::from_secs(c.hub.keep_alive_secs),
         reconnect_min: Duration::from_millis(c.hub.reconnect_min_ms),
@@ -97,8 +151,22 @@ pub async fn run(r: Resolved, installer: Installer, slots: Slots) -> Result<()> 
         window: c.outbox.window,
         facts: device_facts(installer.backend.version()),
         software_types,
+        local,
     };
-    let ops_task = tokio::spawn(operations.run(ops_rx));
+    let stop_follower = Arc::new(AtomicBool::new(false));
+    let ops_task = if local {
+        // No operations actor: the link of a local broker subscribes to no commands.
+        drop(ops_rx);
+        drop(operations);
+        let (follower, stop) = (installer.clone(), stop_follower.clone());
+        std::thread::Builder::new()
+            .name("store-follower".into())
+            .spawn(move || follow_store(&follower, &stop))
+            .context("starting the model store follower")?;
+        None
+    } else {
+        Some(tokio::spawn(operations.run(ops_rx)))
+    };
     let link_task = tokio::spawn(crate::link::run(
         link_config,
         outbox.clone(),
@@ -108,7 +176,9 @@ pub async fn run(r: Resolved, installer: Installer, slots: Slots) -> Result<()> 
     let reporter = Reporter::new(r.device.clone(), outbox.clone());
     let report_task =
         tokio::spawn(reporter.run(report_rx, Duration::from_secs(c.inference.report_interval_secs)));
-    ops_tx.send(OpsMsg::Resume).await.ok();
+    if !local {
+        ops_tx.send(OpsMsg::Resume).await.ok();
+    }
 
     let capacity = c.inference.workers + c.inference.queue;
     let state = ApiState {
@@ -126,18 +196,21 @@ pub async fn run(r: Resolved, installer: Installer, slots: Slots) -> Result<()> 
         .with_context(|| format!("binding {}", r.listen))?;
     let addr = listener.local_addr()?;
     let serving: Vec<String> = slots.all().iter().map(|m| m.model.to_string()).collect();
-    tracing::info!(http = %addr, device = %r.device, hub = %c.hub.mqtt, models = ?serving,
+    tracing::info!(http = %addr, device = %r.device, mqtt = %endpoint, local, models = ?serving,
         version = env!("CARGO_PKG_VERSION"), "edgemlops-agent started");
     println!("edgemlops-agent ready http={addr} models={}", serving.join(","));
     let server = axum::serve(listener, router(state, c.inference.max_upload_bytes))
         .with_graceful_shutdown(shutdown_signal());
     server.await.context("HTTP server")?;
     tracing::info!("stopping");
+    stop_follower.store(true, Ordering::SeqCst);
     let _ = link_tx.send(LinkMsg::Shutdown).await;
     drop(report_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), report_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), link_task).await;
-    ops_task.abort();
+    if let Some(t) = ops_task {
+        t.abort();
+    }
     Ok(())
 }
 

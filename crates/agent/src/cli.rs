@@ -1,4 +1,5 @@
-//! The `edgemlops-agent` command line: `run`, `plugin onnx ...`, `config-reference`.
+//! The `edgemlops-agent` command line: `run`, `infer --mqtt`, `plugin onnx ...`,
+//! `config-reference`.
 //!
 //! Invoked through a link named `onnx` (thin-edge's `/etc/tedge/sm-plugins/onnx`), the binary
 //! behaves as `edgemlops-agent plugin onnx ...`; the config file then comes from
@@ -10,7 +11,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, Resolved};
+use crate::logfile::{RotatingFile, log_path};
 use crate::plugin::{parse_plugin_args, run_onnx_plugin};
 
 const DEFAULT_CONFIG: &str = "/etc/edgemlops/agent.toml";
@@ -37,6 +39,24 @@ pub enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// thin-edge mode: serve inference with the models `plugin onnx` installed, publishing to a
+    /// thin-edge device's local broker (te/ topics, no hub).
+    #[command(
+        after_help = "Example:\n  edgemlops-agent infer --mqtt localhost:1883 --config /etc/edgemlops/agent.toml\n\n\
+        Registers te/device/main/service/edgemlops-infer with status/health (last will: down), \
+        serves the local HTTP API (inference.listen), publishes e/inspection and m/inference on the \
+        service's topics, and picks up models installed or removed by `plugin onnx` within 2 s. \
+        The config file is the one `plugin onnx` uses; of [hub] only the keep-alive and \
+        reconnect delays apply."
+    )]
+    Infer {
+        /// The device's local MQTT broker, `host:port` (plain MQTT, no authentication).
+        #[arg(long)]
+        mqtt: String,
+        /// The config file (default: $EDGEMLOPS_AGENT_CONFIG, else /etc/edgemlops/agent.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Act as a thin-edge sm-plugin for a software type (only `onnx`).
     #[command(after_help = "Examples (the exact command lines thin-edge uses):\n  \
         edgemlops-agent plugin onnx list\n  edgemlops-agent plugin onnx prepare\n  \
@@ -58,8 +78,8 @@ pub enum Cmd {
 }
 
 /// Logging to stderr: level/targets from `EDGEMLOPS_LOG` (default `info`), JSON with
-/// `EDGEMLOPS_LOG_FORMAT=json`.
-fn init_tracing() {
+/// `EDGEMLOPS_LOG_FORMAT=json`; and, as text, to the agent's own log file (see [`crate::logfile`]).
+fn init_tracing(log_file: Option<RotatingFile>) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -67,7 +87,12 @@ fn init_tracing() {
     let filter: Targets = level
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
-    let registry = tracing_subscriber::registry().with(filter);
+    let file = log_file.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(file);
     let stderr = std::io::stderr;
     let _ = if std::env::var("EDGEMLOPS_LOG_FORMAT").is_ok_and(|f| f == "json") {
         registry
@@ -82,6 +107,41 @@ fn init_tracing() {
             )
             .try_init()
     };
+}
+
+/// Loads the configuration and starts logging (also to the log file, if the budget allows one).
+fn load_and_log(config: Option<PathBuf>) -> Result<Resolved> {
+    let resolved = Config::load(&config_path(config))?.resolve()?;
+    let max = resolved.config.log.max_bytes;
+    let file = if max > 0 {
+        let path = log_path(&resolved.data_dir);
+        Some(
+            RotatingFile::open(&path, max)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?,
+        )
+    } else {
+        None
+    };
+    init_tracing(file);
+    Ok(resolved)
+}
+
+/// Runs the hub mode or the thin-edge inference service (`broker`) to the end.
+fn serve(resolved: Resolved, broker: Option<String>) -> Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let slots = crate::engine::Slots::default();
+    let installer = crate::agent::installer(&resolved, Some(slots.clone()))?;
+    let result = match broker {
+        None => runtime.block_on(crate::agent::run(resolved, installer.clone(), slots)),
+        Some(b) => runtime.block_on(crate::agent::run_local(resolved, installer.clone(), slots, b)),
+    };
+    drop(runtime);
+    drop(installer);
+    result?;
+    Ok(0)
 }
 
 /// `--config`, else `EDGEMLOPS_AGENT_CONFIG`, else the default path.
@@ -111,20 +171,15 @@ fn run(cli: Cli) -> Result<u8> {
             software_type,
             args,
         } => plugin(&config_path(config), &software_type, &args),
-        Cmd::Run { config } => {
-            init_tracing();
-            let resolved = Config::load(&config_path(config))?.resolve()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            let slots = crate::engine::Slots::default();
-            let installer = crate::agent::installer(&resolved, Some(slots.clone()))?;
-            let result = runtime.block_on(crate::agent::run(resolved, installer.clone(), slots));
-            drop(runtime);
-            drop(installer);
-            result?;
-            Ok(0)
+        Cmd::Run { config } => serve(load_and_log(config)?, None),
+        Cmd::Infer { mqtt, config } => {
+            if mqtt
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                anyhow::bail!("--mqtt '{mqtt}' is not host:port");
+            }
+            serve(load_and_log(config)?, Some(mqtt))
         }
     }
 }

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use proto::DeviceId;
 use proto::command::{
-    CommandOp, CommandState, CommandStatus, GenericCommand, ModuleAction, SoftwareFailureGroup, SoftwareList,
-    SoftwareListGroup, SoftwareModule, SoftwareModuleFailure, SoftwareUpdate,
+    CommandOp, CommandState, CommandStatus, GenericCommand, LogUpload, ModuleAction, SoftwareFailureGroup,
+    SoftwareList, SoftwareListGroup, SoftwareModule, SoftwareModuleFailure, SoftwareUpdate,
 };
 use proto::edgemlops::SOFTWARE_TYPE;
 use tokio::sync::mpsc;
@@ -47,21 +47,24 @@ pub struct Operations {
     installer: Installer,
     outbox: Outbox,
     plugins_dir: Option<PathBuf>,
+    log_file: Option<PathBuf>,
     seen: HashSet<String>,
 }
 
 impl Operations {
-    /// A new actor.
+    /// A new actor; `log_file` is the agent's own log (`log_upload`), `None` when it is off.
     pub fn new(
         installer: Installer,
         outbox: Outbox,
         plugins_dir: Option<PathBuf>,
+        log_file: Option<PathBuf>,
         _device: DeviceId,
     ) -> Self {
         Self {
             installer,
             outbox,
             plugins_dir,
+            log_file,
             seen: HashSet::new(),
         }
     }
@@ -269,6 +272,38 @@ impl Operations {
                     Err(e) => self.report(&topic, &generic.failed(e)).await,
                 }
             }
+            CommandOp::LogUpload => {
+                let request: CommandState<LogUpload> = match CommandState::parse(payload).map(|r| r.value()) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let failed = generic_failed(generic, format!("malformed log_upload: {e}"));
+                        self.report(&topic, &failed).await;
+                        return;
+                    }
+                };
+                self.report(&topic, &request.clone().with_status(CommandStatus::Executing))
+                    .await;
+                let downloader = self.installer.downloader.clone();
+                let log_file = self.log_file.clone();
+                let upload = request.payload.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    upload_log(&downloader, log_file.as_deref(), &upload)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the log upload crashed: {e}")));
+                match result {
+                    Ok(lines) => {
+                        tracing::info!(lines, "log uploaded");
+                        self.report(&topic, &request.with_status(CommandStatus::Successful))
+                            .await;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%reason, "log upload failed");
+                        self.report(&topic, &request.failed(reason)).await;
+                    }
+                }
+            }
             other => {
                 let failed = generic_failed(
                     generic,
@@ -282,6 +317,34 @@ impl Operations {
 
 fn generic_failed(generic: GenericCommand, reason: String) -> GenericCommand {
     generic.failed(reason)
+}
+
+/// `log_upload`: selects the lines of the agent's log and PUTs them; returns the line count.
+fn upload_log(
+    downloader: &crate::download::Downloader,
+    log_file: Option<&std::path::Path>,
+    request: &LogUpload,
+) -> Result<usize, String> {
+    use crate::logfile::{LOG_TYPE, read_and_select};
+    if request.log_type != LOG_TYPE {
+        return Err(format!(
+            "unknown log type '{}' (this agent uploads '{LOG_TYPE}')",
+            request.log_type
+        ));
+    }
+    if request.date_from > request.date_to {
+        return Err(format!(
+            "dateFrom {} is after dateTo {}",
+            request.date_from, request.date_to
+        ));
+    }
+    let Some(path) = log_file else {
+        return Err("the agent's log file is off (log.max_bytes = 0)".into());
+    };
+    let text = read_and_select(path, request)?;
+    let lines = text.lines().count();
+    downloader.put_text(&request.upload_url, text)?;
+    Ok(lines)
 }
 
 fn software_list(

@@ -90,6 +90,33 @@ impl Downloader {
         Ok(Self { client, config })
     }
 
+    /// Uploads `body` with HTTP PUT as `text/plain` (`log_upload`); one attempt, with the
+    /// download timeout. The error is one line naming the URL (without its query) and the cause.
+    pub fn put_text(&self, url: &str, body: String) -> Result<(), String> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "unsupported upload URL '{}' (http or https only)",
+                redact(url)
+            ));
+        }
+        let resp = self
+            .client
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(body)
+            .send()
+            .map_err(|e| format!("upload to {} failed: {e}", redact(url)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!(
+                "upload to {} refused: HTTP {}",
+                redact(url),
+                status.as_u16()
+            ));
+        }
+        Ok(())
+    }
+
     /// Downloads `url` to `done`, through `part` (resumed if present).
     pub fn fetch(&self, url: &str, part: &Path, done: &Path) -> Result<DownloadStats, DownloadError> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {

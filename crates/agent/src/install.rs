@@ -337,6 +337,50 @@ impl Installer {
         Ok(())
     }
 
+    /// Makes the slots serve what the store says is active (thin-edge mode, where the
+    /// `plugin onnx` process installs and removes): loads a model whose active version differs
+    /// from the serving one and stops serving a removed model. A version that does not load is
+    /// remembered in `failed` and not tried again (the serving one stays). Returns the changes
+    /// (`name@version` loaded, `-name` removed).
+    pub fn sync_installed(
+        &self,
+        failed: &mut std::collections::HashSet<String>,
+    ) -> Result<Vec<String>, InstallError> {
+        let mut changes = Vec::new();
+        let Some(slots) = &self.slots else {
+            return Ok(changes);
+        };
+        let installed = self.store.installed()?;
+        for serving in slots.all() {
+            if !installed.iter().any(|m| m.name == serving.model.name) {
+                slots.remove(&serving.model.name);
+                changes.push(format!("-{}", serving.model.name));
+            }
+        }
+        for m in installed {
+            let id = format!("{}@{}", m.name, m.version);
+            let current = slots.get(Some(&m.name));
+            if current.is_some_and(|c| c.model.version == m.version) || failed.contains(&id) {
+                continue;
+            }
+            match LoadedModel::load(
+                &*self.backend,
+                &self.store.version_dir(&m.name, &m.version),
+                self.threads,
+            ) {
+                Ok(model) => {
+                    slots.swap(Arc::new(model));
+                    changes.push(id);
+                }
+                Err(e) => {
+                    tracing::error!(model = %id, error = %e, "an installed model does not load; the serving version stays");
+                    failed.insert(id);
+                }
+            }
+        }
+        Ok(changes)
+    }
+
     /// Loads every installed model into the slots (at start). A version that does not load
     /// falls back to the previous one, which becomes active again.
     pub fn load_installed(&self) -> Result<Vec<String>, InstallError> {

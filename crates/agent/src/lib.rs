@@ -5,7 +5,7 @@
 //! Module map: [`config`] (two-phase config, documented keys), [`store`] (model store, install
 //! journal), [`download`] (resumable HTTP), [`engine`] (loaded models, pre/post-processing, hot
 //! swap slots), [`install`] (the install transaction), [`outbox`] (SQLite store-and-forward),
-//! [`link`] (hub MQTT actor), [`commands`] (operations actor), [`reporter`] (results actor),
+//! [`link`] (hub / local broker MQTT actor), [`logfile`] (own log, `log_upload`), [`commands`] (operations actor), [`reporter`] (results actor),
 //! [`http`] (local API), [`watch`] (watched folder), [`plugin`] (sm-plugins), [`fault`] (crash
 //! tests), [`agent`] (the composition function), [`cli`].
 
@@ -19,6 +19,7 @@ pub mod fault;
 pub mod http;
 pub mod install;
 pub mod link;
+pub mod logfile;
 pub mod outbox;
 pub mod plugin;
 pub mod reporter;

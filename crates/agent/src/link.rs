@@ -8,6 +8,12 @@
 //! an acknowledgement is matched to an outbox row. On a lost connection the in-flight rows are
 //! simply sent again after reconnecting (events carry idempotency keys; command states are
 //! idempotent at the hub), with exponential backoff between attempts.
+//!
+//! The same actor is the thin-edge mode's connection to a device's local broker
+//! ([`LinkConfig::local`], `edgemlops-agent infer --mqtt`): no credentials, plain `te/` topics
+//! (outbox topics lose their `devices/<id>/` prefix on the wire), and only the service's
+//! registration and health are announced (thin-edge's own agent owns the device's twin,
+//! capabilities and commands).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -69,6 +75,21 @@ pub struct LinkConfig {
     pub facts: DeviceFacts,
     /// Software types `software_update` handles.
     pub software_types: Vec<String>,
+    /// A thin-edge device's local broker instead of the hub.
+    pub local: bool,
+}
+
+impl LinkConfig {
+    /// The topic on the wire: as stored for the hub, or without the `devices/<id>/` prefix for a
+    /// local broker.
+    pub fn wire(&self, topic: &str) -> String {
+        if self.local {
+            let prefix = self.device.prefix();
+            topic.strip_prefix(prefix.as_str()).unwrap_or(topic).to_owned()
+        } else {
+            topic.to_owned()
+        }
+    }
 }
 
 fn health_payload(status: HealthStatus) -> Vec<u8> {
@@ -86,11 +107,20 @@ pub async fn run(
     mut rx: mpsc::Receiver<LinkMsg>,
 ) {
     let mut backoff = config.reconnect_min;
-    let health_topic = topic(&config.device, service(), Channel::Health);
+    let health_topic = config.wire(&topic(&config.device, service(), Channel::Health));
     loop {
-        let mut opts = MqttOptions::new(config.device.as_str(), config.host.clone(), config.port);
-        opts.set_credentials(config.device.as_str(), config.token.clone())
-            .set_keep_alive(config.keep_alive)
+        let mut opts = if config.local {
+            MqttOptions::new(
+                format!("{INFER_SERVICE}-{}", config.device),
+                config.host.clone(),
+                config.port,
+            )
+        } else {
+            let mut o = MqttOptions::new(config.device.as_str(), config.host.clone(), config.port);
+            o.set_credentials(config.device.as_str(), config.token.clone());
+            o
+        };
+        opts.set_keep_alive(config.keep_alive)
             .set_clean_session(true)
             .set_max_packet_size(4 << 20, 4 << 20)
             .set_inflight(config.window.clamp(1, 1000) as u16)
@@ -116,7 +146,7 @@ pub async fn run(
         match outcome {
             SessionEnd::Shutdown => return,
             SessionEnd::Lost(reason) => {
-                tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "hub connection lost");
+                tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, local = config.local, "MQTT connection lost");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     msg = rx.recv() => if matches!(msg, Some(LinkMsg::Shutdown) | None) { return },
@@ -178,9 +208,20 @@ async fn announce(config: &LinkConfig, client: &AsyncClient) -> Result<usize, ru
         topic(dev, service(), Channel::Health),
         health_payload(HealthStatus::Up),
     ));
+    if config.local {
+        // The service's own entity and health only.
+        let own = [
+            topic(dev, service(), Channel::EntityMetadata),
+            topic(dev, service(), Channel::Health),
+        ];
+        retained.retain(|(t, _)| own.contains(t));
+    }
     let count = retained.len();
     for (t, p) in retained {
-        client.publish(t, QoS::AtLeastOnce, true, p).await?;
+        client.publish(config.wire(&t), QoS::AtLeastOnce, true, p).await?;
+    }
+    if config.local {
+        return Ok(count);
     }
     let filter = format!("{}/te/device/main///cmd/+/+", dev.prefix().trim_end_matches('/'));
     client.subscribe(filter, QoS::AtLeastOnce).await?;
@@ -206,7 +247,11 @@ async fn session(
             Err(_) => return SessionEnd::Lost("no CONNACK within 15 s".into()),
         }
     }
-    tracing::info!(device = %config.device, "connected to the hub");
+    if config.local {
+        tracing::info!(broker = %format!("{}:{}", config.host, config.port), "connected to the local broker");
+    } else {
+        tracing::info!(device = %config.device, "connected to the hub");
+    }
     *backoff = config.reconnect_min;
     // One entry per requested publish, in order: the outbox row it carries, if any.
     let mut requested: VecDeque<Option<i64>> = VecDeque::new();
@@ -224,7 +269,7 @@ async fn session(
                 Ok(batch) => {
                     for m in batch {
                         if let Err(e) = client
-                            .publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
+                            .publish(config.wire(&m.topic), QoS::AtLeastOnce, m.retain, m.payload)
                             .await
                         {
                             return SessionEnd::Lost(e.to_string());
@@ -278,13 +323,13 @@ async fn session(
             _ = outbox.pushed(), if config.window > unmatched + in_flight.len() => {}
             msg = rx.recv() => match msg {
                 Some(LinkMsg::Health(status)) => {
-                    let t = topic(&config.device, service(), Channel::Health);
+                    let t = config.wire(&topic(&config.device, service(), Channel::Health));
                     if client.publish(t, QoS::AtLeastOnce, true, health_payload(status)).await.is_ok() {
                         requested.push_back(None);
                     }
                 }
                 Some(LinkMsg::Shutdown) | None => {
-                    let t = topic(&config.device, service(), Channel::Health);
+                    let t = config.wire(&topic(&config.device, service(), Channel::Health));
                     let _ = client.publish(t, QoS::AtLeastOnce, true, health_payload(HealthStatus::Down)).await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let _ = client.disconnect().await;

@@ -1,5 +1,7 @@
 //! Commands to devices: `software_update` (install or remove a model version), `software_list`,
-//! and rollback (install the version a device had before its current one).
+//! rollback (install the version a device had before its current one), and `log_upload` (the
+//! device PUTs the selected lines of one of its logs to a URL the caller gives; the hub does not
+//! store uploaded logs).
 //!
 //! A command is a row first: created in `init`, with every state transition stored with its time
 //! (`command_transitions`). Delivery is the te/ retained-command convention on the device's
@@ -11,7 +13,7 @@
 //! requester's duty in te/) — see `ingest`.
 
 use proto::api::{CommandInfo, CommandTransition, DeployRequest, RollbackRequest};
-use proto::command::{CommandOp, CommandState, CommandStatus, ModuleAction, SoftwareList};
+use proto::command::{CommandOp, CommandState, CommandStatus, LogUpload, ModuleAction, SoftwareList};
 use proto::edgemlops::{ModelRef, install_model, remove_model};
 use proto::topic::{Channel, TeTopic};
 use proto::{DeviceId, DeviceTopic};
@@ -45,6 +47,8 @@ struct NewCommand<'a> {
     action: Option<ModuleAction>,
     hardware_class: Option<&'a str>,
     package_sha256: Option<&'a str>,
+    /// The te/ payload, for commands whose payload is fixed at creation (`log_upload`).
+    request: Option<String>,
 }
 
 fn action_str(a: ModuleAction) -> &'static str {
@@ -76,6 +80,8 @@ fn payload(hub: &Hub, row: &SqliteRow) -> Result<Vec<u8>, HubError> {
             Ok(state.to_json())
         }
         CommandOp::SoftwareList => Ok(CommandState::request(SoftwareList::default()).to_json()),
+        // Fixed at creation (and rewritten unchanged at each send).
+        CommandOp::LogUpload => Ok(row.get::<String, _>("request").into_bytes()),
         other => Err(HubError::BadRequest(format!(
             "the hub does not create {other} commands"
         ))),
@@ -91,7 +97,7 @@ async fn create(hub: &Hub, caller: &Caller, new: NewCommand<'_>) -> Result<Comma
     sqlx::query(
         "INSERT INTO commands (id, device_id, topic_id, operation, status, model, version, action, \
          hardware_class, package_sha256, request, created_by, created_at, updated_at, sent_count) \
-         VALUES ($1, $2, $3, $4, 'init', $5, $6, $7, $8, $9, '{}', $10, $11, $11, 0)",
+         VALUES ($1, $2, $3, $4, 'init', $5, $6, $7, $8, $9, $10, $11, $12, $12, 0)",
     )
     .bind(&id)
     .bind(new.device.as_str())
@@ -102,6 +108,7 @@ async fn create(hub: &Hub, caller: &Caller, new: NewCommand<'_>) -> Result<Comma
     .bind(new.action.map(action_str))
     .bind(new.hardware_class)
     .bind(new.package_sha256)
+    .bind(new.request.as_deref().unwrap_or("{}"))
     .bind(&caller.user)
     .bind(now)
     .execute(&mut *tx)
@@ -228,6 +235,7 @@ pub async fn software_update(
             action: Some(req.action),
             hardware_class: chosen.as_ref().map(|c| c.hardware_class.as_str()),
             package_sha256: chosen.as_ref().map(|c| c.sha256.as_str()),
+            request: None,
         },
     )
     .await
@@ -246,6 +254,73 @@ pub async fn software_list(hub: &Hub, caller: &Caller, device: &DeviceId) -> Res
             action: None,
             hardware_class: None,
             package_sha256: None,
+            request: None,
+        },
+    )
+    .await
+}
+
+/// `POST /commands/log_upload`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogUploadRequest {
+    /// Target device.
+    pub device: DeviceId,
+    /// Log type (one the device announced in its `log_upload` capability).
+    #[serde(rename = "type")]
+    pub log_type: String,
+    /// Start of the range (RFC 3339, or unix seconds).
+    pub date_from: proto::Timestamp,
+    /// End of the range.
+    pub date_to: proto::Timestamp,
+    /// Only lines containing this text.
+    #[serde(default)]
+    pub search_text: Option<String>,
+    /// At most this many lines (the newest).
+    #[serde(default)]
+    pub lines: Option<u32>,
+    /// Where the device PUTs the log (`tedgeUrl`); the hub does not store uploaded logs.
+    pub upload_url: String,
+}
+
+/// `log_upload`: the device uploads the selected lines of one of its logs to `upload_url`.
+pub async fn log_upload(hub: &Hub, caller: &Caller, req: &LogUploadRequest) -> Result<CommandInfo, HubError> {
+    if !(req.upload_url.starts_with("http://") || req.upload_url.starts_with("https://")) {
+        return Err(HubError::BadRequest(format!(
+            "upload_url '{}' is not an http(s) URL",
+            req.upload_url
+        )));
+    }
+    if req.log_type.is_empty() {
+        return Err(HubError::BadRequest("type must name a log type".into()));
+    }
+    if req.date_from > req.date_to {
+        return Err(HubError::BadRequest(format!(
+            "date_from {} is after date_to {}",
+            req.date_from, req.date_to
+        )));
+    }
+    let state = CommandState::request(LogUpload {
+        upload_url: req.upload_url.clone(),
+        log_type: req.log_type.clone(),
+        date_from: req.date_from,
+        date_to: req.date_to,
+        search_text: req.search_text.clone(),
+        lines: req.lines,
+        extras: Default::default(),
+    });
+    create(
+        hub,
+        caller,
+        NewCommand {
+            device: &req.device,
+            operation: CommandOp::LogUpload,
+            model: None,
+            version: None,
+            action: None,
+            hardware_class: None,
+            package_sha256: None,
+            request: Some(String::from_utf8_lossy(&state.to_json()).into_owned()),
         },
     )
     .await

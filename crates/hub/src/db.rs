@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_event_idempotency.sql"),
     ),
     (3, "assets", include_str!("../migrations/0003_assets.sql")),
+    (
+        4,
+        "measurement dedup",
+        include_str!("../migrations/0004_measurement_dedup.sql"),
+    ),
 ];
 
 /// Why the database could not be opened.
@@ -104,4 +109,57 @@ pub async fn open(path: &Path) -> Result<Pool, DbError> {
         .await
         .map_err(|source| DbError::Migrate { path: shown, source })?;
     Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn migration_4_keeps_every_row_stored_before_it_and_dedups_only_device_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new().connect_with(options).await.unwrap();
+        let mut old = migrator();
+        old.migrations = Cow::Owned(old.migrations[..3].to_vec());
+        old.run(&pool).await.unwrap();
+        // Before version 4 nothing told a device's time from a reception time: rows that look
+        // alike may be two real measurements, so the migration keeps them all.
+        for received in [10, 11] {
+            sqlx::query(
+                "INSERT INTO measurements (device_id, topic_id, measurement_type, time, received_at, payload) \
+                 VALUES ('d', 'device/main//', 'inference', 1000, $1, '{\"a\":1}')",
+            )
+            .bind(received)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let pool = open(&path).await.unwrap();
+        let insert = |sent: Option<i64>, received: i64| {
+            sqlx::query(
+                "INSERT INTO measurements (device_id, topic_id, measurement_type, time, sent_time, received_at, payload) \
+                 VALUES ('d', 'device/main//', 'inference', 1000, $1, $2, '{}') ON CONFLICT DO NOTHING",
+            )
+            .bind(sent)
+            .bind(received)
+        };
+        for (sent, received) in [(Some(1000), 20), (Some(1000), 21), (None, 22), (None, 23)] {
+            insert(sent, received).execute(&pool).await.unwrap();
+        }
+        let kept: Vec<i64> = sqlx::query_scalar("SELECT received_at FROM measurements ORDER BY received_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            kept,
+            [10, 11, 20, 22, 23],
+            "old rows and rows without a device time stay; a device time repeated is dropped"
+        );
+    }
 }

@@ -33,8 +33,10 @@ pub enum DeviceMessage {
         topic_id: String,
         /// Measurement type.
         measurement_type: String,
-        /// Measurement time, ms.
+        /// Measurement time, ms (the reception time when the device sent none).
         time: i64,
+        /// Whether `time` is the device's own (only those measurements are deduplicated).
+        device_time: bool,
         /// JSON as received.
         payload: String,
     },
@@ -130,6 +132,7 @@ impl DeviceMessage {
                     topic_id,
                     measurement_type: measurement_type.clone(),
                     time: time(m.time),
+                    device_time: m.time.is_some(),
                     payload: text(payload),
                 }
             }
@@ -327,16 +330,23 @@ async fn apply(
             topic_id,
             measurement_type,
             time,
+            device_time,
             payload,
         } => {
+            // A measurement that carries its own `time` is identified by (device, entity, type,
+            // that time): `sent_time` is unique per device, entity and type (migration 0004), so a
+            // copy sent again after a lost acknowledgement is dropped here but still acknowledged.
+            // Without a `time` it gets its reception time and a NULL `sent_time`, which never
+            // conflicts: such measurements cannot be told apart from repeats, so all are kept.
             sqlx::query(
-                "INSERT INTO measurements (device_id, topic_id, measurement_type, time, received_at, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO measurements (device_id, topic_id, measurement_type, time, sent_time, received_at, payload) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             )
             .bind(dev)
             .bind(topic_id)
             .bind(measurement_type)
             .bind(time)
+            .bind(device_time.then_some(*time))
             .bind(now)
             .bind(payload)
             .execute(&mut **tx)
@@ -687,6 +697,7 @@ mod tests {
                 topic_id: "device/main//".into(),
                 measurement_type: "env".into(),
                 time: 42,
+                device_time: false,
                 payload: r#"{"temp": 21.5}"#.into(),
             }
         );
@@ -695,7 +706,14 @@ mod tests {
             r#"{"time": "1970-01-01T00:00:01Z", "t": 1}"#,
         )
         .unwrap();
-        assert!(matches!(m, DeviceMessage::Measurement { time: 1000, .. }));
+        assert!(matches!(
+            m,
+            DeviceMessage::Measurement {
+                time: 1000,
+                device_time: true,
+                ..
+            }
+        ));
         assert!(parse(&format!("{p}m/env"), r#"{"temp": "hot"}"#).is_err());
         assert!(parse(&format!("{p}m/env"), "not json").is_err());
         assert!(matches!(
@@ -733,6 +751,71 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_measurement_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::db::open(&dir.path().join("hub.db")).await.unwrap();
+        let (writer, _task) = Writer::start(pool.clone());
+        let device = DeviceId::new("d").unwrap();
+        let other = DeviceId::new("e").unwrap();
+        let main = "devices/d/te/device/main///m/inference";
+        let service = "devices/d/te/device/main/service/edgemlops-infer/m/inference";
+        let at = |s: u32, v: u32| format!(r#"{{"time":"2026-12-04T10:00:0{s}Z","count":{v}}}"#);
+        for (dev, topic, payload) in [
+            (&device, main, at(1, 1)),
+            (&device, main, at(1, 1)),
+            // Same identity, other value: the first copy stays.
+            (&device, main, at(1, 9)),
+            (&device, main, at(2, 2)),
+            (&device, service, at(1, 3)),
+            (&device, &main.replace("m/inference", "m/outbox"), at(1, 4)),
+            (&other, main, at(1, 5)),
+            // No time of its own: stored with its reception time (42 in `parse`), never a repeat.
+            (&device, main, r#"{"count":6}"#.to_owned()),
+            (&device, main, r#"{"count":6}"#.to_owned()),
+        ] {
+            writer.store(dev, parse(topic, &payload).unwrap()).await.unwrap();
+        }
+        let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+            "SELECT device_id, topic_id, measurement_type, time, payload FROM measurements ORDER BY rowid",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let counts: Vec<(&str, &str, &str, String)> = rows
+            .iter()
+            .map(|(d, t, m, time, p)| {
+                let v: serde_json::Value = serde_json::from_str(p).unwrap();
+                (
+                    d.as_str(),
+                    t.as_str(),
+                    m.as_str(),
+                    format!("{time}:{}", v["count"]),
+                )
+            })
+            .collect();
+        let t1 = 1_796_378_401_000i64;
+        let t2 = t1 + 1000;
+        assert_eq!(
+            counts,
+            [
+                ("d", "device/main//", "inference", format!("{t1}:1")),
+                ("d", "device/main//", "inference", format!("{t2}:2")),
+                (
+                    "d",
+                    "device/main/service/edgemlops-infer",
+                    "inference",
+                    format!("{t1}:3")
+                ),
+                ("d", "device/main//", "outbox", format!("{t1}:4")),
+                ("e", "device/main//", "inference", format!("{t1}:5")),
+                ("d", "device/main//", "inference", "42:6".to_owned()),
+                ("d", "device/main//", "inference", "42:6".to_owned()),
+            ],
+            "(device, entity, type, own time) identifies a measurement; the first copy is kept"
+        );
     }
 
     #[tokio::test]

@@ -131,7 +131,13 @@ fn bad_packages_fail_with_a_reason_while_the_old_model_keeps_serving() {
         assert_eq!(c["status"], "failed", "{version}: {c}");
         let why = c["reason"].as_str().unwrap_or_default();
         assert!(why.contains(reason), "{version}: expected '{reason}' in '{why}'");
-        assert_eq!(agent.infer(&png(16, 16, 5), "a").1["model"]["version"], "1.0.0");
+        let (status, r) = agent.infer(&png(16, 16, 5), "a");
+        assert_eq!(
+            r["model"]["version"],
+            "1.0.0",
+            "{version}: {status} {r}\n{}",
+            agent.log()
+        );
     }
     // Truncated download: the blob loses its second half.
     let pkg = package(work.path(), "1.4.0", 0.5, Spoil::None);

@@ -4,7 +4,11 @@
 
 mod crash;
 mod e2e;
+mod inspection;
+mod logs;
+mod mqtt;
 mod offline;
 mod plugin;
 mod resume;
 mod support;
+mod watch;

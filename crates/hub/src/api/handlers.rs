@@ -319,6 +319,17 @@ pub async fn software_list(
     ))
 }
 
+pub async fn log_upload(
+    State(hub): Hub_,
+    axum::Extension(caller): Who,
+    JsonBody(req): JsonBody<commands::LogUploadRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(commands::log_upload(&hub, &caller, &req).await?),
+    ))
+}
+
 pub async fn rollback(
     State(hub): Hub_,
     axum::Extension(caller): Who,

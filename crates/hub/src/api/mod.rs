@@ -373,6 +373,25 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<Arc<Hub>>)> {
         (
             doc(
                 M::POST,
+                "/api/v1/commands/log_upload",
+                operator,
+                "commands",
+                "Ask a device to upload one of its logs (HTTP PUT to upload_url)",
+            )
+            .body(JSON)
+            .success(201, "CommandInfo")
+            .detail(
+                "Body: {device, type, date_from, date_to, search_text?, lines?, upload_url}. The device \
+                 PUTs the lines of log `type` (the agent's is `edgemlops-agent`) whose time is within \
+                 [date_from, date_to], containing search_text, the newest `lines` of them, as text/plain \
+                 to upload_url (thin-edge's log_upload contract, `tedgeUrl`); the hub does not store \
+                 uploaded logs.",
+            ),
+            post(h::log_upload),
+        ),
+        (
+            doc(
+                M::POST,
                 "/api/v1/commands/rollback",
                 operator,
                 "commands",

@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::bench::{read_json, release_cli};
-use crate::live::{Proc, http};
+use crate::live::{Proc, http, load_average, memory};
 use crate::setup;
 use crate::util::{self, workspace_root};
 
@@ -156,20 +156,6 @@ fn rfc3339_ms(s: &str) -> Option<f64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(((days * 86_400 + h * 3600 + mi * 60 + sec) as f64 + frac) * 1e3)
-}
-
-/// VmRSS and VmHWM of a process, in bytes.
-fn memory(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|v| v * 1024)
-    };
-    Some((kb("VmRSS:")?, kb("VmHWM:")?))
 }
 
 fn memory_json(pid: u32) -> Result<Value> {
@@ -889,16 +875,6 @@ fn mem_total() -> Option<u64> {
         .parse::<u64>()
         .ok()
         .map(|kb| kb * 1024)
-}
-
-/// The 1-minute load average.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn f(v: &Value) -> f64 {

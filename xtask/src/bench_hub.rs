@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::live::Proc;
+use crate::live::{Proc, memory};
 use crate::util::{self, workspace_root};
 
 const ADMIN: &str = "bench-admin-token-0123456789";
@@ -53,20 +53,6 @@ fn start_hub(bin: &Path, dir: &Path) -> Result<Hub> {
         mqtt: field("mqtt")?,
         _proc: proc,
     })
-}
-
-/// VmRSS and VmHWM of a process, in bytes.
-fn memory(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|v| v * 1024)
-    };
-    Some((kb("VmRSS:")?, kb("VmHWM:")?))
 }
 
 /// `cargo xtask bench hub [--devices N] [--seconds S]`

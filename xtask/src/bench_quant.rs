@@ -22,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::bench::{python_env, read_json, release_cli};
+use crate::live::load_average;
 use crate::setup;
 use crate::util::{self, workspace_root};
 
@@ -426,16 +427,6 @@ fn write_results(
         std::fs::copy(svg, results.join("quantization.svg"))?;
     }
     Ok(md)
-}
-
-/// The 1-minute load average (how busy the machine was around the measurement).
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// `cpu family` and `model` of /proc/cpuinfo (the CPU generation when the model name is generic).

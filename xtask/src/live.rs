@@ -114,6 +114,30 @@ impl Drop for Proc {
     }
 }
 
+/// VmRSS and VmHWM of a process, in bytes (from `/proc/PID/status`).
+pub fn memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|v| v * 1024)
+    };
+    Some((kb("VmRSS:")?, kb("VmHWM:")?))
+}
+
+/// The 1-minute load average (how busy the machine was around a measurement).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// One HTTP response.
 #[derive(Debug)]
 pub struct Response {

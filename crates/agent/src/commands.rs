@@ -133,6 +133,33 @@ impl Operations {
         }
     }
 
+    /// Reads a request of a typed operation: a malformed one is reported failed with the reason,
+    /// an empty (cleared) one is ignored; a valid one is reported `executing` and returned.
+    async fn begin<T>(
+        &self,
+        topic: &str,
+        generic: GenericCommand,
+        payload: &[u8],
+        operation: &str,
+    ) -> Option<CommandState<T>>
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize + Clone,
+    {
+        match CommandState::<T>::parse(payload).map(|r| r.value()) {
+            Ok(Some(request)) => {
+                self.report(topic, &request.clone().with_status(CommandStatus::Executing))
+                    .await;
+                Some(request)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.report(topic, &generic.failed(format!("malformed {operation}: {e}")))
+                    .await;
+                None
+            }
+        }
+    }
+
     async fn report<T: serde::Serialize>(&self, topic: &str, state: &CommandState<T>) {
         if let Err(e) = self
             .outbox
@@ -187,18 +214,12 @@ impl Operations {
                 }
             }
             CommandOp::SoftwareUpdate => {
-                let request: CommandState<SoftwareUpdate> =
-                    match CommandState::parse(payload).map(|r| r.value()) {
-                        Ok(Some(c)) => c,
-                        Ok(None) => return,
-                        Err(e) => {
-                            let failed = generic_failed(generic, format!("malformed software_update: {e}"));
-                            self.report(&topic, &failed).await;
-                            return;
-                        }
-                    };
-                self.report(&topic, &request.clone().with_status(CommandStatus::Executing))
-                    .await;
+                let Some(request) = self
+                    .begin::<SoftwareUpdate>(&topic, generic, payload, "software_update")
+                    .await
+                else {
+                    return;
+                };
                 let pending = PendingCommand {
                     topic: topic.clone(),
                     payload: serde_json::from_slice(payload).unwrap_or_default(),
@@ -273,17 +294,12 @@ impl Operations {
                 }
             }
             CommandOp::LogUpload => {
-                let request: CommandState<LogUpload> = match CommandState::parse(payload).map(|r| r.value()) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => return,
-                    Err(e) => {
-                        let failed = generic_failed(generic, format!("malformed log_upload: {e}"));
-                        self.report(&topic, &failed).await;
-                        return;
-                    }
+                let Some(request) = self
+                    .begin::<LogUpload>(&topic, generic, payload, "log_upload")
+                    .await
+                else {
+                    return;
                 };
-                self.report(&topic, &request.clone().with_status(CommandStatus::Executing))
-                    .await;
                 let downloader = self.installer.downloader.clone();
                 let log_file = self.log_file.clone();
                 let upload = request.payload.clone();

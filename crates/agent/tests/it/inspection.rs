@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use infer::{Backend, ModelSource, OrtBackend, SessionOptions, Tensor};
-use package::smoke::{SMOKE_FORMAT, SmokeCase, SmokeIndex, TensorFile, Tolerance};
+use infer::Tensor;
 use package::{Manifest, PackageBuilder};
 use serde_json::{Value, json};
 use vqi::generate::photo_seed;
@@ -28,36 +27,11 @@ fn read_json(path: &Path) -> Value {
 /// The FP32 reference model signed as `vqi@1.0.0` for any hardware class, with a smoke vector
 /// computed here by ONNX Runtime.
 fn vqi_package(dir: &Path) -> PathBuf {
-    let work = dir.join("vqi-build");
-    std::fs::create_dir_all(work.join("smoke")).unwrap();
     let model = fixtures().join("model.onnx");
     let input = Tensor::F32(ndarray::ArrayD::from_shape_fn(vec![1, 3, 64, 64], |i| {
         ((i[1] * 13 + i[2] * 5 + i[3]) % 17) as f32 / 8.0 - 1.0
     }));
-    let mut session = OrtBackend::new()
-        .unwrap()
-        .load(ModelSource::File(&model), &SessionOptions::default())
-        .unwrap();
-    let out = session.run(std::slice::from_ref(&input)).unwrap().remove(0);
-    infer::npy::write_npy(&work.join("smoke/input.npy"), &input).unwrap();
-    infer::npy::write_npy(&work.join("smoke/logits.npy"), &out).unwrap();
-    let index = SmokeIndex {
-        format: SMOKE_FORMAT,
-        tolerance: Tolerance {
-            absolute: 1e-3,
-            relative: 1e-3,
-        },
-        cases: vec![SmokeCase {
-            inputs: vec![TensorFile {
-                name: "input".into(),
-                file: "smoke/input.npy".into(),
-            }],
-            outputs: vec![TensorFile {
-                name: "logits".into(),
-                file: "smoke/logits.npy".into(),
-            }],
-        }],
-    };
+    let logits = run_model(&model, &input);
     let manifest: Manifest = serde_json::from_value(json!({
         "format": 1, "name": "vqi", "version": "1.0.0", "task": "classification", "model": "model.onnx",
         "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 3, 64, 64]}],
@@ -73,11 +47,7 @@ fn vqi_package(dir: &Path) -> PathBuf {
     let mut b = PackageBuilder::new(manifest);
     b.add_file("model.onnx", &model).unwrap();
     b.add_file("labels.txt", &fixtures().join("labels.txt")).unwrap();
-    b.add_bytes("smoke/index.json", index.to_json()).unwrap();
-    b.add_file("smoke/input.npy", &work.join("smoke/input.npy"))
-        .unwrap();
-    b.add_file("smoke/logits.npy", &work.join("smoke/logits.npy"))
-        .unwrap();
+    add_smoke(&mut b, &dir.join("vqi-build"), &input, &logits, 1e-3);
     let path = dir.join("vqi-1.0.0.emp");
     b.write(&path, &key()).unwrap();
     path

@@ -137,33 +137,7 @@ fn plugin_install(config: &Path, package: &Path, version: &str) {
 }
 
 fn start_infer(config: &Path, port: u16) -> Agent {
-    let stderr_path = config.parent().unwrap().join("infer.log");
-    let log = std::fs::File::create(&stderr_path).unwrap();
-    let mut child = Command::new(agent_binary())
-        .args(["infer", "--mqtt", &format!("127.0.0.1:{port}"), "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .env("EDGEMLOPS_LOG", "info")
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
-        panic!(
-            "the inference service did not start: {}",
-            std::fs::read_to_string(&stderr_path).unwrap_or_default()
-        )
-    });
-    let url = line
-        .strip_prefix("edgemlops-agent ready ")
-        .and_then(|r| r.split_whitespace().find_map(|w| w.strip_prefix("http=")))
-        .map(|a| format!("http://{a}"))
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-    Agent {
-        child,
-        url,
-        stderr_path,
-    }
+    Agent::start_with(&["infer", "--mqtt", &format!("127.0.0.1:{port}")], config, None)
 }
 
 #[test]

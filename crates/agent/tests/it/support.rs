@@ -329,33 +329,25 @@ pub enum Spoil {
     WrongKey,
 }
 
-/// A signed package `tiny@version` in `dir`.
-pub fn package(dir: &Path, version: &str, bias: f32, spoil: Spoil) -> PathBuf {
-    let work = dir.join(format!("build-{version}-{spoil:?}"));
-    std::fs::create_dir_all(work.join("smoke")).unwrap();
-    let side = if spoil == Spoil::InputShape { 16 } else { 8 };
-    let model_path = work.join("model.onnx");
-    tiny_model(&model_path, bias, side);
-    let input = Tensor::F32(ndarray::ArrayD::from_shape_fn(
-        vec![1, 3, side as usize, side as usize],
-        |i| ((i[1] * 7 + i[2] * 3 + i[3]) % 11) as f32 / 11.0 - 0.5,
-    ));
-    let backend = OrtBackend::new().unwrap();
-    let mut session = backend
-        .load(ModelSource::File(&model_path), &SessionOptions::default())
+/// The model's output for `input` in ONNX Runtime.
+pub fn run_model(model: &Path, input: &Tensor) -> Tensor {
+    let mut session = OrtBackend::new()
+        .unwrap()
+        .load(ModelSource::File(model), &SessionOptions::default())
         .unwrap();
-    let mut out = session.run(std::slice::from_ref(&input)).unwrap().remove(0);
-    if spoil == Spoil::SmokeMismatch
-        && let Tensor::F32(a) = &mut out
-    {
-        a.iter_mut().for_each(|x| *x += 1.0);
-    }
-    infer::npy::write_npy(&work.join("smoke/input.npy"), &input).unwrap();
-    infer::npy::write_npy(&work.join("smoke/logits.npy"), &out).unwrap();
+    session.run(std::slice::from_ref(input)).unwrap().remove(0)
+}
+
+/// Adds a one-case smoke test (`input` → `logits`, within `absolute` and a relative 1e-3) to a
+/// package; the vectors are written to `work/smoke/` first.
+pub fn add_smoke(b: &mut PackageBuilder, work: &Path, input: &Tensor, logits: &Tensor, absolute: f64) {
+    std::fs::create_dir_all(work.join("smoke")).unwrap();
+    infer::npy::write_npy(&work.join("smoke/input.npy"), input).unwrap();
+    infer::npy::write_npy(&work.join("smoke/logits.npy"), logits).unwrap();
     let index = SmokeIndex {
         format: SMOKE_FORMAT,
         tolerance: Tolerance {
-            absolute: 1e-4,
+            absolute,
             relative: 1e-3,
         },
         cases: vec![SmokeCase {
@@ -369,6 +361,30 @@ pub fn package(dir: &Path, version: &str, bias: f32, spoil: Spoil) -> PathBuf {
             }],
         }],
     };
+    b.add_bytes("smoke/index.json", index.to_json()).unwrap();
+    b.add_file("smoke/input.npy", &work.join("smoke/input.npy"))
+        .unwrap();
+    b.add_file("smoke/logits.npy", &work.join("smoke/logits.npy"))
+        .unwrap();
+}
+
+/// A signed package `tiny@version` in `dir`.
+pub fn package(dir: &Path, version: &str, bias: f32, spoil: Spoil) -> PathBuf {
+    let work = dir.join(format!("build-{version}-{spoil:?}"));
+    std::fs::create_dir_all(&work).unwrap();
+    let side = if spoil == Spoil::InputShape { 16 } else { 8 };
+    let model_path = work.join("model.onnx");
+    tiny_model(&model_path, bias, side);
+    let input = Tensor::F32(ndarray::ArrayD::from_shape_fn(
+        vec![1, 3, side as usize, side as usize],
+        |i| ((i[1] * 7 + i[2] * 3 + i[3]) % 11) as f32 / 11.0 - 0.5,
+    ));
+    let mut out = run_model(&model_path, &input);
+    if spoil == Spoil::SmokeMismatch
+        && let Tensor::F32(a) = &mut out
+    {
+        a.iter_mut().for_each(|x| *x += 1.0);
+    }
     let manifest: Manifest = serde_json::from_value(json!({
         "format": 1, "name": "tiny", "version": version, "task": "classification", "model": "model.onnx",
         "inputs": [{"name": "input", "dtype": "float32", "shape": [1, 3, 8, 8]}],
@@ -388,11 +404,7 @@ pub fn package(dir: &Path, version: &str, bias: f32, spoil: Spoil) -> PathBuf {
     let mut b = PackageBuilder::new(manifest);
     b.add_file("model.onnx", &model_path).unwrap();
     b.add_bytes("labels.txt", LABELS.as_bytes().to_vec()).unwrap();
-    b.add_bytes("smoke/index.json", index.to_json()).unwrap();
-    b.add_file("smoke/input.npy", &work.join("smoke/input.npy"))
-        .unwrap();
-    b.add_file("smoke/logits.npy", &work.join("smoke/logits.npy"))
-        .unwrap();
+    add_smoke(&mut b, &work, &input, &out, 1e-4);
     let out_path = dir.join(format!("tiny-{version}-{spoil:?}.emp"));
     let signer = if spoil == Spoil::WrongKey {
         other_key()
@@ -446,6 +458,12 @@ pub fn agent_config(dir: &Path, device: &str, token: &str, mqtt: &str, extra: &s
 impl Agent {
     /// Starts the agent; waits for its ready line unless `fault` is set and reached first.
     pub fn start(config: &Path, fault: Option<&str>) -> Agent {
+        Self::start_with(&["run"], config, fault)
+    }
+
+    /// Starts `edgemlops-agent ARGS --config CONFIG` (stderr appended to a log beside the
+    /// config); waits for its ready line unless `fault` is set and reached first.
+    pub fn start_with(args: &[&str], config: &Path, fault: Option<&str>) -> Agent {
         let dir = config.parent().unwrap();
         let stderr_path = dir.join(format!("agent-{}.log", std::process::id()));
         let log = std::fs::OpenOptions::new()
@@ -454,7 +472,8 @@ impl Agent {
             .open(&stderr_path)
             .unwrap();
         let mut cmd = Command::new(agent_binary());
-        cmd.args(["run", "--config"])
+        cmd.args(args)
+            .arg("--config")
             .arg(config)
             .stdout(Stdio::piped())
             .stderr(log)

@@ -10,10 +10,9 @@ use serde_json::{Value, json};
 use crate::setup;
 use crate::util::{self, workspace_root};
 
-/// Builds the release `edgemlops` binary and returns its path.
+/// Builds the release binaries ([`util::release_build`]) and returns the `edgemlops` path.
 pub fn release_cli() -> Result<PathBuf> {
-    util::cargo(&["build", "--release", "--locked", "-p", "cli"])?;
-    Ok(util::target_dir()?.join("release").join("edgemlops"))
+    Ok(util::release_build()?.join("edgemlops"))
 }
 
 fn edgemlops(bin: &Path, args: &[&str]) -> Result<()> {

@@ -454,15 +454,6 @@ pub fn run(args: &[&str]) -> Result<()> {
             "bench_image",
         ])?;
         release_cli()?;
-        util::cargo(&[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "hub",
-            "--bin",
-            "edgemlops-hub",
-        ])?;
     }
     let binary = binary_facts(&agent_bin)?;
     eprintln!(

@@ -68,20 +68,10 @@ pub fn run(args: &[&str]) -> Result<()> {
             other => bail!("unknown argument {other} (use --devices N --seconds S)"),
         }
     }
-    util::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "hub",
-        "--bin",
-        "edgemlops-hub",
-        "--example",
-        "loadgen",
-    ])?;
+    let release = util::release_build()?;
     let target = util::target_dir()?;
-    let hub_bin = target.join("release/edgemlops-hub");
-    let loadgen = target.join("release/examples/loadgen");
+    let hub_bin = release.join("edgemlops-hub");
+    let loadgen = release.join("examples/loadgen");
     let mut runs = Vec::new();
     for rate in [1.0, 10.0] {
         let dir = target.join("bench-hub");

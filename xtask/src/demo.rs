@@ -198,18 +198,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         "set-up and release build of edgemlops, edgemlops-hub, edgemlops-agent",
     );
     setup::setup()?;
-    util::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "cli",
-        "-p",
-        "hub",
-        "-p",
-        "agent",
-    ])?;
-    let bin = util::target_dir()?.join("release");
+    let bin = util::release_build()?;
     let dir = util::target_dir()?.join("demo");
     if dir.exists() {
         std::fs::remove_dir_all(&dir)

@@ -43,6 +43,27 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Builds the release binaries (`edgemlops`, `edgemlops-hub`, `edgemlops-agent`) and the hub's
+/// load generator, and returns the `release` directory. The demo and every benchmark build this
+/// same set, so cargo resolves one feature set and a second command rebuilds nothing.
+pub fn release_build() -> Result<PathBuf> {
+    cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "cli",
+        "-p",
+        "hub",
+        "-p",
+        "agent",
+        "--bins",
+        "--example",
+        "loadgen",
+    ])?;
+    Ok(target_dir()?.join("release"))
+}
+
 /// Runs a command, inheriting output; fails with the command line on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;

@@ -137,11 +137,8 @@ impl LoadedModel {
         let labels = match &manifest.labels {
             Some(f) => {
                 let p = dir.join(f);
-                std::fs::read_to_string(&p)
-                    .map_err(|e| files_error(&p, &e))?
-                    .lines()
-                    .map(str::to_owned)
-                    .collect()
+                let text = std::fs::read_to_string(&p).map_err(|e| files_error(&p, &e))?;
+                proto::pipeline::parse_labels(&text).map_err(|e| files_error(&p, &e))?
             }
             None => Vec::new(),
         };

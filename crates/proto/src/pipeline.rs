@@ -272,9 +272,46 @@ impl FromStr for Condition {
     }
 }
 
+/// Parses a labels file (`labels.txt` in a package, a dataset's class list): one class label per
+/// line, in the order of the model's output; surrounding whitespace and blank lines are ignored;
+/// at least one label. Duplicates are allowed (ImageNet's labels have two "crane"s); readers that
+/// key on labels check with [`duplicate_label`]. The toolchain, the training data reader and the
+/// agent all read labels with this, so a label index means the same class everywhere.
+pub fn parse_labels(text: &str) -> Result<Vec<String>, String> {
+    let labels: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if labels.is_empty() {
+        return Err("no labels".into());
+    }
+    Ok(labels)
+}
+
+/// The first label that appears twice in `labels`, if any.
+pub fn duplicate_label(labels: &[String]) -> Option<&str> {
+    let mut seen = std::collections::BTreeSet::new();
+    labels.iter().map(String::as_str).find(|l| !seen.insert(*l))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_one_per_line_without_blanks() {
+        assert_eq!(
+            parse_labels(" pole_good \r\n\n tower_good\n\n").unwrap(),
+            ["pole_good", "tower_good"]
+        );
+        let twice = parse_labels("a\nb\na\n").unwrap();
+        assert_eq!(twice.len(), 3);
+        assert_eq!(duplicate_label(&twice), Some("a"));
+        assert_eq!(duplicate_label(&twice[..2]), None);
+        assert!(parse_labels("\n\n").is_err());
+    }
 
     #[test]
     fn a_minimal_spec_gets_documented_defaults() {

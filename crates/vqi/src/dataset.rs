@@ -13,7 +13,6 @@ use proto::pipeline::{ChannelOrder, Condition, Filter, InputDtype, Layout, Prepr
 use serde::{Deserialize, Serialize};
 
 use crate::error::VqiError;
-use crate::taxonomy;
 
 /// Name of the index file in a dataset directory.
 pub const INDEX_FILE: &str = "index.jsonl";
@@ -103,7 +102,15 @@ impl Dataset {
 pub fn read_labels(dir: &Path) -> Result<Vec<String>, VqiError> {
     let path = dir.join(LABELS_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| VqiError::io("reading", &path, e))?;
-    taxonomy::parse_labels(&text).map_err(|message| VqiError::Labels { path, message })
+    let labels = proto::pipeline::parse_labels(&text).map_err(|message| VqiError::Labels {
+        path: path.clone(),
+        message,
+    })?;
+    if let Some(dup) = proto::pipeline::duplicate_label(&labels) {
+        let message = format!("label '{dup}' appears twice");
+        return Err(VqiError::Labels { path, message });
+    }
+    Ok(labels)
 }
 
 /// Reads and checks `index.jsonl` of a dataset directory against `labels`.
@@ -195,6 +202,16 @@ mod tests {
         for bad in ["", "/etc/passwd", "../x.png", "a/../../x.png", "./x.png"] {
             assert!(check_relative(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_dataset_class_list_has_no_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LABELS_FILE), "pole_good\ntower_good\n\n").unwrap();
+        assert_eq!(read_labels(dir.path()).unwrap(), ["pole_good", "tower_good"]);
+        std::fs::write(dir.path().join(LABELS_FILE), "pole_good\npole_good\n").unwrap();
+        let err = read_labels(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("'pole_good' appears twice"), "{err}");
     }
 
     #[test]

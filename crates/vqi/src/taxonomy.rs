@@ -141,24 +141,6 @@ pub fn labels_txt() -> String {
     Class::ALL.iter().map(|c| format!("{c}\n")).collect()
 }
 
-/// Parses `labels.txt`: one non-empty label per line, no duplicates.
-pub fn parse_labels(text: &str) -> Result<Vec<String>, String> {
-    let labels: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if labels.is_empty() {
-        return Err("no labels".into());
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    if let Some(dup) = labels.iter().find(|l| !seen.insert(l.as_str())) {
-        return Err(format!("label '{dup}' appears twice"));
-    }
-    Ok(labels)
-}
-
 /// The post-processing spec of a classifier over `labels`: softmax, top 3, and the class →
 /// asset type/condition mapping for every label that is a VQI class.
 pub fn postprocess(labels: &[String], min_confidence: f32) -> Postprocess {
@@ -201,7 +183,7 @@ mod tests {
 
     #[test]
     fn labels_parse_and_postprocess_maps_every_class() {
-        let labels = parse_labels(&labels_txt()).unwrap();
+        let labels = proto::pipeline::parse_labels(&labels_txt()).unwrap();
         assert_eq!(labels.len(), 12);
         let post = postprocess(&labels, 0.5);
         assert_eq!(post.classes.len(), 12);
@@ -210,7 +192,5 @@ mod tests {
             Condition::Critical
         );
         assert_eq!(post.classes["insulator_damaged"].asset_type, "insulator");
-        assert!(parse_labels("a\nb\na\n").unwrap_err().contains("twice"));
-        assert!(parse_labels("\n\n").is_err());
     }
 }

@@ -1,13 +1,12 @@
 //! Test support: the real `edgemlops-hub` (found next to this package's binary when fresh, else
-//! built with `cargo build -p hub`, the approach of `crates/cli/tests/it/hub.rs`), the real
+//! built with `cargo build -p hub`: `testsupport/hub_binary.rs`), the real
 //! `edgemlops-agent`, tiny classifier packages signed with a test key, and the hub's REST API.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use infer::{Backend, ModelSource, OrtBackend, SessionOptions, Tensor};
 use onnx::DataType;
@@ -15,6 +14,9 @@ use onnx::builder::GraphBuilder;
 use package::smoke::{SMOKE_FORMAT, SmokeCase, SmokeIndex, TensorFile, Tolerance};
 use package::{Manifest, PackageBuilder, SecretKey};
 use serde_json::{Value, json};
+
+#[path = "../../../../testsupport/hub_binary.rs"]
+mod shared;
 
 pub const ADMIN: &str = "agent-test-admin-token-0123456789";
 pub const LABELS: &str = "pole_good\npole_damaged\ntower_good\ntower_damaged\n";
@@ -35,62 +37,13 @@ pub fn other_key() -> SecretKey {
     SecretKey::from_seed(&[13; 32])
 }
 
-fn newest_mtime(dir: &Path, newest: &mut SystemTime) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            newest_mtime(&p, newest);
-        } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-            *newest = (*newest).max(m);
-        }
-    }
-}
-
 pub fn agent_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_edgemlops-agent"))
 }
 
 /// The `edgemlops-hub` binary, fresh (`EDGEMLOPS_HUB_BIN` overrides).
 pub fn hub_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("EDGEMLOPS_HUB_BIN") {
-            return PathBuf::from(p);
-        }
-        let profile_dir = agent_binary().parent().unwrap();
-        let candidate = profile_dir.join("edgemlops-hub");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let mut newest = SystemTime::UNIX_EPOCH;
-        for dir in ["crates/hub", "crates/proto/src", "crates/package/src"] {
-            newest_mtime(&root.join(dir), &mut newest);
-        }
-        if let Ok(m) = std::fs::metadata(root.join("Cargo.lock")).and_then(|m| m.modified()) {
-            newest = newest.max(m);
-        }
-        let fresh = std::fs::metadata(&candidate)
-            .and_then(|m| m.modified())
-            .is_ok_and(|built| built >= newest);
-        if !fresh {
-            let target_dir = profile_dir.parent().unwrap();
-            let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-            cmd.args(["build", "-p", "hub", "--bin", "edgemlops-hub", "--target-dir"])
-                .arg(target_dir)
-                .current_dir(&root);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("cargo runs to build edgemlops-hub");
-            assert!(
-                status.success(),
-                "building edgemlops-hub for the agent tests failed"
-            );
-        }
-        assert!(candidate.is_file(), "no edgemlops-hub at {}", candidate.display());
-        candidate
-    })
+    shared::hub_binary(agent_binary())
 }
 
 fn lines(child: &mut Child) -> Receiver<String> {

@@ -277,16 +277,7 @@ fn check_preprocess_fits(pre: &Preprocess, input: &TensorInfo) -> Result<()> {
 
 fn read_labels(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let labels: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if labels.is_empty() {
-        bail!("{}: no labels", path.display());
-    }
-    Ok(labels)
+    proto::pipeline::parse_labels(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// The packaged model bytes: the file as it is, or with external data inlined.

@@ -10,67 +10,19 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use package::{Manifest, PackageBuilder, SecretKey};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "cli-test-admin-token-0123456789";
 
-fn newest_mtime(dir: &Path, newest: &mut SystemTime) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            newest_mtime(&p, newest);
-        } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-            *newest = (*newest).max(m);
-        }
-    }
-}
+#[path = "../../../../testsupport/hub_binary.rs"]
+mod shared;
 
 /// The `edgemlops-hub` binary, fresh.
 fn hub_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("EDGEMLOPS_HUB_BIN") {
-            return PathBuf::from(p);
-        }
-        let cli = Path::new(env!("CARGO_BIN_EXE_edgemlops"));
-        let profile_dir = cli.parent().unwrap();
-        let candidate = profile_dir.join("edgemlops-hub");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let mut newest = SystemTime::UNIX_EPOCH;
-        for dir in ["crates/hub", "crates/proto/src", "crates/package/src"] {
-            newest_mtime(&root.join(dir), &mut newest);
-        }
-        if let Ok(m) = std::fs::metadata(root.join("Cargo.lock")).and_then(|m| m.modified()) {
-            newest = newest.max(m);
-        }
-        let fresh = std::fs::metadata(&candidate)
-            .and_then(|m| m.modified())
-            .is_ok_and(|built| built >= newest);
-        if !fresh {
-            let target_dir = profile_dir.parent().unwrap();
-            let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-            cmd.args(["build", "-p", "hub", "--bin", "edgemlops-hub", "--target-dir"])
-                .arg(target_dir)
-                .current_dir(&root);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("cargo runs to build edgemlops-hub");
-            assert!(
-                status.success(),
-                "building edgemlops-hub for the CLI tests failed"
-            );
-        }
-        assert!(candidate.is_file(), "no edgemlops-hub at {}", candidate.display());
-        candidate
-    })
+    shared::hub_binary(Path::new(env!("CARGO_BIN_EXE_edgemlops")))
 }
 
 struct Hub {

@@ -40,13 +40,13 @@ pub fn python_env() -> Result<PathBuf> {
         && Command::new(&py)
             .args([
                 "-c",
-                "import onnxruntime, numpy, onnx, sympy; assert onnxruntime.__version__ == '1.32.0'",
+                "import onnxruntime, numpy, onnx, sympy, PIL; assert onnxruntime.__version__ == '1.32.0'",
             ])
             .output()
             .is_ok_and(|o| o.status.success());
     if !ready {
         eprintln!(
-            "xtask: preparing {} with onnxruntime==1.32.0, numpy, onnx and sympy (pip)",
+            "xtask: preparing {} with onnxruntime==1.32.0, numpy, onnx, sympy and pillow (pip)",
             venv.display()
         );
         if !py.is_file() {
@@ -62,8 +62,9 @@ pub fn python_env() -> Result<PathBuf> {
             "numpy",
             "onnx",
             "sympy",
+            "pillow",
         ]))
-        .context("installing onnxruntime, numpy, onnx and sympy from PyPI")?;
+        .context("installing onnxruntime, numpy, onnx, sympy and pillow from PyPI")?;
     }
     Ok(py)
 }

@@ -124,7 +124,10 @@ impl Outbox {
         priority: Priority,
     ) -> Result<i64, OutboxError> {
         let size = (topic.len() + payload.len()) as i64;
-        let (seq,): (i64,) = sqlx::query_as(
+        // Counted before the row exists: the sender may deliver and ack it (subtracting its
+        // size) before this call continues, and the count must never go below zero.
+        self.bytes.fetch_add(size as u64, Ordering::SeqCst);
+        let inserted: Result<(i64,), _> = sqlx::query_as(
             "INSERT INTO outbox (topic, payload, retain, priority, size) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
         )
         .bind(topic)
@@ -133,10 +136,12 @@ impl Outbox {
         .bind(priority as i64)
         .bind(size)
         .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        let total = self.bytes.fetch_add(size as u64, Ordering::SeqCst) + size as u64;
-        if total > self.max_bytes {
+        .await;
+        let (seq,) = inserted.map_err(|e| {
+            self.bytes.fetch_sub(size as u64, Ordering::SeqCst);
+            self.err(e)
+        })?;
+        if self.bytes.load(Ordering::SeqCst) > self.max_bytes {
             self.enforce_budget().await?;
         }
         self.notify.notify_one();
@@ -145,8 +150,12 @@ impl Outbox {
 
     async fn enforce_budget(&self) -> Result<(), OutboxError> {
         while self.bytes.load(Ordering::SeqCst) > self.max_bytes {
+            // One statement, so a concurrent push or ack cannot remove the same row and
+            // subtract its size twice.
             let victim: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT seq, size FROM outbox WHERE priority < $1 ORDER BY priority, seq LIMIT 1",
+                "DELETE FROM outbox WHERE seq = \
+                 (SELECT seq FROM outbox WHERE priority < $1 ORDER BY priority, seq LIMIT 1) \
+                 RETURNING seq, size",
             )
             .bind(Priority::Command as i64)
             .fetch_optional(&self.pool)
@@ -155,11 +164,6 @@ impl Outbox {
             let Some((seq, size)) = victim else {
                 break;
             };
-            sqlx::query("DELETE FROM outbox WHERE seq = $1")
-                .bind(seq)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.err(e))?;
             self.bytes.fetch_sub(size as u64, Ordering::SeqCst);
             let n = self.dropped.fetch_add(1, Ordering::SeqCst) + 1;
             sqlx::query(
@@ -269,6 +273,62 @@ mod tests {
         );
         assert_eq!(ob.after(left[0].seq, 10).await.unwrap().len(), 1);
         assert_eq!(ob.bytes(), 2 * 3);
+    }
+
+    /// Pushes (some over budget) race with a sender that acks whatever it sees, as the hub link
+    /// does: the byte count never wraps below zero and ends equal to what is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_push_ack_and_drops_keep_the_byte_count_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(&dir.path().join("o.db"), 2_000).await.unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender = {
+            let (ob, done) = (ob.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut acked = 0;
+                while !done.load(Ordering::SeqCst) {
+                    for m in ob.after(0, 100).await.unwrap() {
+                        ob.ack(m.seq).await.unwrap();
+                        acked += 1;
+                        assert!(ob.bytes() < 1 << 40, "byte count wrapped: {}", ob.bytes());
+                    }
+                    tokio::task::yield_now().await;
+                }
+                acked
+            })
+        };
+        let pushers: Vec<_> = (0..3)
+            .map(|p| {
+                let ob = ob.clone();
+                tokio::spawn(async move {
+                    for i in 0..200 {
+                        let payload = vec![b'x'; 20 + (p * 7 + i) % 40];
+                        let prio = [Priority::Measurement, Priority::Event][i % 2];
+                        ob.push("t", &payload, false, prio).await.unwrap();
+                        if i % 50 == 0 {
+                            // A burst over the budget, so drops race with acks too.
+                            for _ in 0..40 {
+                                ob.push("b", &[b'y'; 90], false, Priority::Measurement)
+                                    .await
+                                    .unwrap();
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.await.unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        let acked = sender.await.unwrap();
+        assert!(acked > 0);
+        let stored: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM outbox")
+            .fetch_one(&ob.pool)
+            .await
+            .unwrap();
+        assert_eq!(ob.bytes(), stored as u64);
+        assert!(ob.bytes() <= 2_000);
     }
 
     #[tokio::test]

@@ -153,7 +153,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Keep every model loaded and let them take turns, one run each per round, so that load from
-    /// other processes on a shared machine falls on all of them alike.
+    /// other processes on a shared machine falls on all of them alike (idle sessions' threads do
+    /// not spin, so they leave the cores to the one running).
     #[arg(long)]
     pub interleave: bool,
     /// Write every number and sample as JSON.

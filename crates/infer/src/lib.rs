@@ -74,6 +74,10 @@ pub struct SessionOptions {
     pub optimization: OptLevel,
     /// Where to write the graph after the runtime's optimizations (to check what it will execute).
     pub optimized_model_path: Option<PathBuf>,
+    /// Whether idle intra-op threads spin waiting for work (`None`: the runtime's default, spin).
+    /// Spinning shortens back-to-back runs of one session, but the threads of several idle
+    /// sessions in one process then burn the cores the running session needs.
+    pub spinning: Option<bool>,
 }
 
 /// Declared element type and shape of a session input or output (`None` = dynamic dimension).

@@ -122,6 +122,7 @@ pub fn calibrate(
         intra_threads: Some(options.threads_per_worker.max(1)),
         optimization: OptLevel::Basic,
         optimized_model_path: None,
+        spinning: None,
     };
     let first = backend
         .load(ModelSource::Bytes(&bytes), &session_options)

@@ -227,6 +227,7 @@ pub fn runtime_options(threads: usize) -> SessionOptions {
         intra_threads: Some(threads.max(1)),
         optimization: OptLevel::All,
         optimized_model_path: None,
+        spinning: None,
     }
 }
 

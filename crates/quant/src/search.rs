@@ -290,6 +290,7 @@ pub fn sensitivity(
         intra_threads: None,
         optimization: OptLevel::Basic,
         optimized_model_path: None,
+        spinning: None,
     };
     let run = |m: &ModelProto| -> Result<HashMap<String, Vec<f32>>, QuantError> {
         let bytes = onnx::encode_model(&with_extra_outputs(m, &names))?;

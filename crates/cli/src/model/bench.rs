@@ -281,6 +281,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let options = SessionOptions {
         intra_threads: Some(threads as usize),
         optimization: a.optimization,
+        // Interleaved, every model's session stays loaded: spinning threads of the idle ones
+        // would take the cores from the one running (measured: ResNet-50 at 2 threads on 2
+        // cores went from 27 ms alone to 51 ms next to one idle spinning session).
+        spinning: a.interleave.then_some(false),
         ..Default::default()
     };
 

@@ -93,6 +93,7 @@ pub fn executed_ops(model: &ModelProto) -> BTreeMap<String, usize> {
         intra_threads: Some(1),
         optimization: OptLevel::All,
         optimized_model_path: Some(out.clone()),
+        spinning: None,
     };
     backend().load(ModelSource::Bytes(&bytes), &opts).unwrap();
     onnx::inspect::summarize(&onnx::read_model(&out).unwrap()).op_histogram

@@ -93,7 +93,7 @@ async fn create(hub: &Hub, caller: &Caller, new: NewCommand<'_>) -> Result<Comma
     let id = new_id("c-");
     let now = now_ms();
     let topic_id = devices::MAIN_ENTITY;
-    let mut tx = hub.pool.begin().await.db("creating a command")?;
+    let mut tx = crate::db::begin_write(&hub.pool).await.db("creating a command")?;
     sqlx::query(
         "INSERT INTO commands (id, device_id, topic_id, operation, status, model, version, action, \
          hardware_class, package_sha256, request, created_by, created_at, updated_at, sent_count) \

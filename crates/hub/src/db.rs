@@ -111,9 +111,82 @@ pub async fn open(path: &Path) -> Result<Pool, DbError> {
     Ok(pool)
 }
 
+/// Begins a transaction that writes. `BEGIN IMMEDIATE` takes SQLite's write lock at once,
+/// waiting up to the busy timeout for another writer. A plain (deferred) `BEGIN` starts as a
+/// reader, and when it reads first and writes later while another connection has written in
+/// between, SQLite fails the write at once with `SQLITE_BUSY` instead of waiting: a read snapshot
+/// cannot become a write transaction. Every transaction of the hub writes, so every one starts
+/// here (a test keeps `.begin()` out of the hub's sources).
+pub async fn begin_write(pool: &Pool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The failure `begin_write` avoids, and that it avoids it: a transaction that reads, then
+    /// writes after another connection committed a write.
+    #[tokio::test]
+    async fn a_writing_transaction_waits_for_other_writers_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = open(&dir.path().join("hub.db")).await.unwrap();
+        let other_write = |id: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("INSERT INTO devices (id, created_at, token_changed_at) VALUES ($1, 0, 0)")
+                    .bind(id)
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        let count = "SELECT COUNT(*) FROM devices";
+        let insert = "INSERT INTO devices (id, created_at, token_changed_at) VALUES ('tx-write', 0, 0)";
+
+        // Deferred: the snapshot taken by the read is stale once the other write commits.
+        let mut tx = pool.begin().await.unwrap();
+        let _: i64 = sqlx::query_scalar(count).fetch_one(&mut *tx).await.unwrap();
+        other_write("other-1").await.unwrap();
+        let e = sqlx::query(insert).execute(&mut *tx).await.unwrap_err();
+        assert!(
+            e.to_string().contains("locked") || e.to_string().contains("busy"),
+            "{e}"
+        );
+        tx.rollback().await.unwrap();
+
+        // Immediate: the other writer waits until this transaction commits; both succeed.
+        let mut tx = begin_write(&pool).await.unwrap();
+        let other = tokio::spawn(other_write("other-2"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!other.is_finished(), "the other writer waits for the write lock");
+        let _: i64 = sqlx::query_scalar(count).fetch_one(&mut *tx).await.unwrap();
+        sqlx::query(insert).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        other.await.unwrap().unwrap();
+        let n: i64 = sqlx::query_scalar(count).fetch_one(&pool).await.unwrap();
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn every_transaction_of_the_hub_begins_as_a_writer() {
+        fn scan(dir: &Path, offenders: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    scan(&p, offenders);
+                } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("db.rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    if text.contains(".begin()") {
+                        offenders.push(p.display().to_string());
+                    }
+                }
+            }
+        }
+        let mut offenders = Vec::new();
+        scan(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut offenders);
+        assert!(offenders.is_empty(), "use db::begin_write in {offenders:?}");
+    }
 
     #[tokio::test]
     async fn migration_4_keeps_every_row_stored_before_it_and_dedups_only_device_times() {

@@ -307,7 +307,7 @@ async fn run(pool: Pool, rules: AssetRules, mut rx: mpsc::Receiver<Job>) {
 }
 
 async fn write_batch(pool: &Pool, rules: &AssetRules, batch: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin_write(pool).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let now = now_ms();
     for job in batch {

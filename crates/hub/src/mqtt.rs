@@ -28,6 +28,7 @@ use ntex_mqtt::{Control, MqttServer, MqttServiceConfig, QoS, Reason, v3, v5};
 use ntex_service::cfg::SharedCfg;
 use proto::DeviceId;
 
+use crate::auth;
 use crate::state::{ConnectRefusal, Hub, PublishRefusal};
 use crate::transport::{CloseReason, Outbound, filter_matches};
 
@@ -116,6 +117,8 @@ struct DeviceSession {
     subscriptions: Rc<RefCell<Vec<String>>>,
     /// Set by a clean DISCONNECT: the last will is not published.
     graceful: Rc<Cell<bool>>,
+    /// This connection's id in the hub's registry of live connections.
+    connection: u64,
 }
 
 impl DeviceSession {
@@ -161,6 +164,7 @@ fn accept(
         sink: sink.clone(),
         subscriptions: Rc::default(),
         graceful: Rc::default(),
+        connection: conn,
     };
     let subscriptions = session.subscriptions.clone();
     let writer_device = device.clone();
@@ -178,7 +182,13 @@ fn accept(
     let hub = hub.clone();
     ntex_rt::spawn(async move {
         disconnected.await;
-        if !graceful.get()
+        // A connection taken over by a newer one of the same device does not publish its will:
+        // the device is evidently alive (as with MQTT 5's will delay, which a reconnect cancels),
+        // and a will stored now could land after what the new connection reported already
+        // (health "down" after "up").
+        let live = hub.connections.unregister(&device, conn);
+        if live
+            && !graceful.get()
             && let Some((topic, payload)) = will
         {
             match hub.ingest(&device, &topic, &payload).await {
@@ -186,7 +196,7 @@ fn accept(
                 Err(e) => tracing::warn!(device = %device, %topic, error = %e, "last will not stored"),
             }
         }
-        hub.device_disconnected(&device, conn).await;
+        hub.device_disconnected(&device, live).await;
     });
     session
 }
@@ -213,6 +223,9 @@ async fn connect_v3(hub: Arc<Hub>, c: v3::Connect) -> Result<v3::ConnectAck<Devi
         Err(ConnectRefusal::Unavailable(_)) => return Ok(c.service_unavailable()),
     };
     let session = accept(&hub, device.clone(), Sink::V3(c.sink()), c.io(), will);
+    if !still_authorized(&hub, &session, p.password.as_deref()).await {
+        return Ok(c.bad_username_or_pwd());
+    }
     hub.device_connected(&device).await;
     Ok(c.ack(session, false))
 }
@@ -240,8 +253,32 @@ async fn connect_v5(hub: Arc<Hub>, c: v5::Connect) -> Result<v5::ConnectAck<Devi
         Err(ConnectRefusal::Unavailable(_)) => return Ok(c.failed(R::ServerUnavailable)),
     };
     let session = accept(&hub, device.clone(), Sink::V5(c.sink()), c.io(), will);
+    if !still_authorized(&hub, &session, p.password.as_deref()).await {
+        return Ok(c.failed(R::BadUserNameOrPassword));
+    }
     hub.device_connected(&device).await;
     Ok(c.ack(session))
+}
+
+/// Checks the device token again once the connection is registered. A token revoked between
+/// the first check and the registration would otherwise keep this connection: the revocation
+/// commits, then closes whatever connection is registered at that moment, which was not yet this
+/// one. Checked after registering, every order is covered. A refused connection is unregistered
+/// first, so it neither stays online nor publishes its last will.
+async fn still_authorized(hub: &Hub, session: &DeviceSession, password: Option<&[u8]>) -> bool {
+    let device = &session.device;
+    let valid = match password {
+        Some(p) => auth::check_device_token(&hub.pool, device, p)
+            .await
+            .inspect_err(|e| tracing::warn!(device = %device, error = %e, "cannot re-check the token"))
+            .unwrap_or(false),
+        None => false,
+    };
+    if !valid {
+        hub.connections.unregister(device, session.connection);
+        tracing::info!(device = %device, "token revoked while connecting; connection refused");
+    }
+    valid
 }
 
 /// Checks and stores a publish; asks the connection to clear a finished command.

@@ -140,30 +140,8 @@ impl Registry {
             sha256: sha256.clone(),
             size,
         };
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT sha256 FROM variants WHERE model = $1 AND version = $2 AND hardware_class = $3",
-        )
-        .bind(&m.name)
-        .bind(&m.version)
-        .bind(&class)
-        .fetch_optional(&self.pool)
-        .await
-        .db("looking up a variant")?;
-        match existing {
-            Some(s) if s == sha256 => {
-                return Ok(PackagePushed {
-                    created: false,
-                    ..pushed
-                });
-            }
-            Some(other) => {
-                return Err(HubError::Conflict(format!(
-                    "{}@{} for hardware class {class} is already stored with another package \
-                     (sha256 {other}); publish a new version instead",
-                    m.name, m.version
-                )));
-            }
-            None => {}
+        if let Some(answer) = self.stored_variant(&pushed).await? {
+            return answer;
         }
         if let Some(task_of_model) =
             sqlx::query_scalar::<_, String>("SELECT task FROM models WHERE name = $1")
@@ -183,7 +161,7 @@ impl Registry {
         }
         let now = now_ms();
         let manifest_text = String::from_utf8_lossy(&verified.manifest_bytes).into_owned();
-        let mut tx = self.pool.begin().await.db("storing a package")?;
+        let mut tx = crate::db::begin_write(&self.pool).await.db("storing a package")?;
         sqlx::query("INSERT INTO blobs (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
             .bind(&sha256)
             .bind(i64::try_from(size).unwrap_or(i64::MAX))
@@ -210,9 +188,9 @@ impl Registry {
         .execute(&mut *tx)
         .await
         .db("storing a package")?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO variants (model, version, hardware_class, sha256, size, manifest, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (model, version, hardware_class) DO NOTHING",
         )
         .bind(&m.name)
         .bind(&m.version)
@@ -224,9 +202,53 @@ impl Registry {
         .execute(&mut *tx)
         .await
         .db("storing a package")?;
+        if inserted.rows_affected() == 0 {
+            // A concurrent push of the same variant committed first: answer as if it had been
+            // stored before this one started.
+            tx.rollback().await.db("storing a package")?;
+            if let Some(answer) = self.stored_variant(&pushed).await? {
+                return answer;
+            }
+            return Err(HubError::Conflict(format!(
+                "{}@{} for hardware class {class} changed while it was pushed; push again",
+                m.name, m.version
+            )));
+        }
         tx.commit().await.db("storing a package")?;
         tracing::info!(model = %m.name, version = %m.version, class = %class, %sha256, size, signer = %verified.signer.as_str(), "package stored");
         Ok(pushed)
+    }
+
+    /// What a push of `pushed` answers when its variant is stored already: the same package is
+    /// not created again (`created: false`), another package under the same name, version and
+    /// hardware class is a conflict. `None` when the variant is not stored.
+    async fn stored_variant(
+        &self,
+        pushed: &PackagePushed,
+    ) -> Result<Option<Result<PackagePushed, HubError>>, HubError> {
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT sha256 FROM variants WHERE model = $1 AND version = $2 AND hardware_class = $3",
+        )
+        .bind(&pushed.model)
+        .bind(&pushed.version)
+        .bind(&pushed.hardware_class)
+        .fetch_optional(&self.pool)
+        .await
+        .db("looking up a variant")?;
+        Ok(existing.map(|stored| {
+            if stored == pushed.sha256 {
+                Ok(PackagePushed {
+                    created: false,
+                    ..pushed.clone()
+                })
+            } else {
+                Err(HubError::Conflict(format!(
+                    "{}@{} for hardware class {} is already stored with another package \
+                     (sha256 {stored}); publish a new version instead",
+                    pushed.model, pushed.version, pushed.hardware_class
+                )))
+            }
+        }))
     }
 
     /// Streams `body` into `path`, enforcing the size limit; returns the size and sha256.
@@ -386,7 +408,7 @@ impl Registry {
             return Err(HubError::not_found("model version", format!("{model}@{version}")));
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await.db("setting an alias")?;
+        let mut tx = crate::db::begin_write(&self.pool).await.db("setting an alias")?;
         let previous: Option<String> =
             sqlx::query_scalar("SELECT version FROM aliases WHERE model = $1 AND alias = $2")
                 .bind(model)

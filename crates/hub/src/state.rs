@@ -88,6 +88,44 @@ pub enum PublishRefusal {
     Storage(#[from] WriteError),
 }
 
+/// Removes what uploads left behind when the hub was killed during a push: files in `tmp/`
+/// (uploads being received) and the blob store's staging files (`<key>#<n>` next to the blobs,
+/// a multipart write not finished). Blobs themselves are only renamed into place when complete.
+/// Runs at start, before anything uploads; returns the number of files removed.
+fn remove_interrupted_uploads(data_dir: &Path) -> Result<usize, HubError> {
+    let mut removed = 0;
+    let targets = [
+        (data_dir.join("tmp"), false),
+        (data_dir.join("blobs").join("packages"), true),
+    ];
+    for (dir, staging_only) in targets {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(HubError::Io {
+                    context: format!("reading {}", dir.display()),
+                    source,
+                });
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let staging = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains('#'));
+            if path.is_file() && (!staging_only || staging) {
+                std::fs::remove_file(&path).map_err(|source| HubError::Io {
+                    context: format!("removing {}", path.display()),
+                    source,
+                })?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 impl Hub {
     /// Opens the database and blob store in `settings.data_dir` and starts the message writer
     /// (on the current tokio runtime; its handle finishes once the hub is dropped and the queue
@@ -99,6 +137,13 @@ impl Hub {
             source,
         })?;
         let pool = db::open(&dir.join("hub.db")).await?;
+        let removed = remove_interrupted_uploads(&dir)?;
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "removed the files of uploads a previous run did not finish"
+            );
+        }
         Self::with_pool(pool, &dir, settings).await
     }
 
@@ -196,9 +241,10 @@ impl Hub {
         }
     }
 
-    /// A device connection ended.
-    pub async fn device_disconnected(&self, device: &DeviceId, connection: u64) {
-        if self.connections.unregister(device, connection) {
+    /// A device connection ended; `was_live`: it had not been taken over by a newer one (the
+    /// caller unregistered it).
+    pub async fn device_disconnected(&self, device: &DeviceId, was_live: bool) {
+        if was_live {
             tracing::info!(device = %device, "device disconnected");
         }
         if let Err(e) = devices::touch(&self.pool, device).await {
@@ -260,5 +306,36 @@ impl Hub {
             }
             Outcome::Stored => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn opening_removes_what_killed_uploads_left_and_keeps_the_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("tmp")).unwrap();
+        std::fs::create_dir_all(data.join("blobs/packages")).unwrap();
+        let upload = data.join("tmp/upload-1a2b");
+        let staging = data.join("blobs/packages/aa.emp#3");
+        let blob = data.join("blobs/packages/bb.emp");
+        for p in [&upload, &staging, &blob] {
+            std::fs::write(p, b"bytes").unwrap();
+        }
+        let (_hub, _writer) = Hub::open(Settings {
+            data_dir: data.clone(),
+            trusted: TrustedKeys::new(),
+            max_package_bytes: 1 << 20,
+            public_url: "http://hub.test".into(),
+            download_ttl_secs: 60,
+            asset_rules: crate::assets::AssetRules { min_confidence: 0.6 },
+        })
+        .await
+        .unwrap();
+        assert!(!upload.exists() && !staging.exists());
+        assert_eq!(std::fs::read(&blob).unwrap(), b"bytes");
     }
 }

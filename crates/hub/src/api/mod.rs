@@ -110,7 +110,8 @@ impl RouteDoc {
 pub const CONDITION_RULE: &str = "Condition update rule: an inspection result (`e/inspection` event naming the \
 asset id) sets the asset's condition when it names a condition, its top score is at least \
 `assets.min_confidence` and the device did not flag it `low_confidence`, its predicted asset type (if any) \
-is the registered type, and its observation time (the event's `time`, not its arrival) is not earlier \
+is the registered type, and its observation time (the event's `time`, not its arrival; a `time` more \
+than 5 minutes ahead of the hub's clock counts as the arrival time) is not earlier \
 than that of the result or repair the current condition comes from; at equal times the more severe \
 condition wins. Other results are stored with an `outcome` saying why they changed nothing. \
 `POST /assets/{id}/repaired` sets `good` from now on. The `asset_condition` alarm is active exactly \

@@ -153,7 +153,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// Registers an asset (409 if the id exists).
 pub async fn create(pool: &Pool, a: &AssetCreate) -> Result<AssetSummary, HubError> {
     validate(a).map_err(HubError::BadRequest)?;
-    let mut tx = pool.begin().await.db("registering an asset")?;
+    let mut tx = crate::db::begin_write(pool).await.db("registering an asset")?;
     match insert(&mut tx, a, now_ms()).await {
         Err(e) if is_unique_violation(&e) => {
             return Err(HubError::Conflict(format!("asset '{}' already exists", a.id)));
@@ -186,7 +186,7 @@ pub async fn import(pool: &Pool, text: &str) -> Result<AssetImport, HubError> {
             assets.len()
         )]));
     }
-    let mut tx = pool.begin().await.db("importing assets")?;
+    let mut tx = crate::db::begin_write(pool).await.db("importing assets")?;
     let mut problems = Vec::new();
     for (line, a) in &assets {
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM assets WHERE id = $1")
@@ -505,6 +505,21 @@ async fn change_condition(
     Ok(())
 }
 
+/// How far ahead of the hub's clock a device's photo time is believed (device clocks drift; one
+/// that is unset or wrong by years must not freeze an asset's condition in the future).
+pub const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60 * 1000;
+
+/// The observation time of a result taken at `time` (device clock) and stored at `now` (hub
+/// clock): the device's time, unless it is more than [`MAX_CLOCK_AHEAD_MS`] ahead of the hub's,
+/// then the time the hub received it.
+pub fn observation_time(time: i64, now: i64) -> i64 {
+    if time > now.saturating_add(MAX_CLOCK_AHEAD_MS) {
+        now
+    } else {
+        time
+    }
+}
+
 /// Stores an `e/inspection` event of `device` and applies it to the asset it names (inside the
 /// ingest writer's transaction). An unknown or missing asset id is stored unlinked; a payload that
 /// is not an inspection event (the gateway refuses those before) is skipped with a warning.
@@ -523,7 +538,7 @@ pub async fn record_inspection(
             return Ok(None);
         }
     };
-    let observed_at = event.time.unix_millis();
+    let observed_at = observation_time(event.time.unix_millis(), now);
     let top = event.top();
     let facts = ResultFacts {
         observed_at,
@@ -631,7 +646,9 @@ pub async fn record_inspection(
 /// stale), and its alarm is cleared.
 pub async fn repaired(pool: &Pool, id: &str, user: &str) -> Result<AssetDetail, HubError> {
     let now = now_ms();
-    let mut tx = pool.begin().await.db("marking an asset repaired")?;
+    let mut tx = crate::db::begin_write(pool)
+        .await
+        .db("marking an asset repaired")?;
     // A write first, so the transaction holds SQLite's write lock before it reads.
     let touched = sqlx::query("UPDATE assets SET updated_at = $1 WHERE id = $2")
         .bind(now)
@@ -659,7 +676,12 @@ pub async fn repaired(pool: &Pool, id: &str, user: &str) -> Result<AssetDetail, 
             asset_type: &asset_type,
             previous: condition_of(r.get("condition")),
             condition: Condition::Good,
-            observed_at: observed.map_or(now, |o| o.max(now)),
+            // The later of now and the current observation (which a device clock may have put
+            // in the future, within MAX_CLOCK_AHEAD_MS; anything stored further ahead by an
+            // earlier version is brought back to now).
+            observed_at: observed
+                .map_or(now, |o| o.max(now))
+                .min(now.saturating_add(MAX_CLOCK_AHEAD_MS)),
             source: ConditionSource::Repaired,
             inspection: None,
             by: user,

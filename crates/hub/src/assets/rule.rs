@@ -9,9 +9,10 @@
 //! 3. its predicted asset type, when it has one, is the registered type (a photo classified as a
 //!    tower says nothing reliable about a pole: wrong asset id or a misclassification);
 //! 4. it is not stale: its observation time (the event's `time`, when the photo was taken, not
-//!    when the hub received it) is not earlier than the observation time of what set the current
-//!    condition. At the same observation time the more severe condition wins, so the outcome does
-//!    not depend on arrival order.
+//!    when the hub received it; a time more than 5 minutes ahead of the hub's clock is a wrong
+//!    device clock and is replaced by the reception time) is not earlier than the observation time
+//!    of what set the current condition. At the same observation time the more severe condition
+//!    wins, so the outcome does not depend on arrival order.
 //!
 //! A result that fails a check is stored (and linked, and counts as an inspection) but leaves the
 //! condition as it is; its `outcome` says why. A result that passes sets the condition and its

@@ -425,6 +425,22 @@ async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothi
     let (s, body) = push(other).await;
     assert_eq!(s, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
     assert_eq!(t.blob_files(), 1);
+
+    // Pushed four times at once (a retrying CI job): stored once, the others told so; no 500.
+    let again = std::fs::read(package(
+        work.path(),
+        &publisher(1),
+        "vqi",
+        "1.1.0",
+        "x86_64",
+        200_000,
+    ))
+    .unwrap();
+    let answers = futures_util::future::join_all((0..4).map(|_| push(again.clone()))).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 201], "{answers:?}");
+    assert_eq!(t.blob_files(), 2);
 }
 
 #[tokio::test]

@@ -470,6 +470,35 @@ async fn inspection_results_set_the_condition_by_observation_time_and_confidence
 }
 
 #[tokio::test]
+async fn a_device_clock_years_ahead_does_not_freeze_the_condition() {
+    let r = register().await;
+    r.add("P-9", "pole").await;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // A camera whose clock says 2100: the result applies, observed when the hub received it.
+    r.publish(
+        "cam-1",
+        inspection(Some("P-9"), 4_102_444_800, "pole", Condition::Critical, 0.95),
+    )
+    .await;
+    let p = r.get("/api/v1/assets/P-9").await;
+    assert_eq!(p["condition"], "critical", "{p:#}");
+    let observed = Timestamp::parse_rfc3339(p["condition_observed_at"].as_str().unwrap()).unwrap();
+    assert!(observed.unix_millis() <= (now_s + 300) * 1000, "{p:#}");
+    // A correctly timed photo a minute later still counts (it would be stale against 2100).
+    r.publish(
+        "cam-2",
+        inspection(Some("P-9"), now_s + 60, "pole", Condition::Good, 0.95),
+    )
+    .await;
+    let p = r.get("/api/v1/assets/P-9").await;
+    assert_eq!(p["condition"], "good", "{p:#}");
+    assert_eq!(p["alarm_active"], false);
+}
+
+#[tokio::test]
 async fn results_for_unknown_assets_are_kept_unlinked() {
     let r = register().await;
     r.add("P-1", "pole").await;

@@ -519,7 +519,17 @@ fn qos1_messages_are_stored_before_they_are_acknowledged() {
 fn a_newer_connection_takes_over_an_older_one() {
     let hub = TestHub::start();
     let a = hub.device("cam-a");
-    let (_old, mut old_conn) = rumqttc::v5::Client::new(v5_options(hub.mqtt_port, "cam-a", "cam-a", &a), 10);
+    // The old connection has a last will; being taken over does not publish it (the device is
+    // alive on its new connection).
+    let mut old_options = v5_options(hub.mqtt_port, "cam-a", "cam-a", &a);
+    old_options.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+        topic("cam-a", "te/device/main///e/offline"),
+        r#"{"text":"gone"}"#,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        None,
+    ));
+    let (_old, mut old_conn) = rumqttc::v5::Client::new(old_options, 10);
     wait_v5(&mut old_conn, "connack", |e| {
         matches!(e, rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))).then_some(())
     });
@@ -544,6 +554,12 @@ fn a_newer_connection_takes_over_an_older_one() {
     });
     let d: Value = hub.api().get_ok("/api/v1/devices/cam-a");
     assert_eq!(d["online"], true);
+    std::thread::sleep(Duration::from_millis(500));
+    let events: Vec<Value> = hub.api().get_ok("/api/v1/events?device=cam-a");
+    assert!(
+        events.is_empty(),
+        "the taken-over connection's will was stored: {events:?}"
+    );
     let metrics = reqwest_text(&hub, "/metrics");
     assert!(metrics.contains("edgemlops_hub_devices_online 1"), "{metrics}");
 

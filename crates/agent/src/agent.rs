@@ -188,9 +188,11 @@ async fn serve(r: Resolved, installer: Installer, slots: Slots, broker: Option<S
         reports: report_tx.clone(),
         capacity,
     };
-    if let Some(dir) = &r.watch_dir {
-        tokio::spawn(crate::watch::run(dir.clone(), state.clone()));
-    }
+    let (stop_watch, watch_stopped) = tokio::sync::watch::channel(false);
+    let watch_task = r
+        .watch_dir
+        .as_ref()
+        .map(|dir| tokio::spawn(crate::watch::run(dir.clone(), state.clone(), watch_stopped)));
     let listener = tokio::net::TcpListener::bind(r.listen)
         .await
         .with_context(|| format!("binding {}", r.listen))?;
@@ -204,9 +206,21 @@ async fn serve(r: Resolved, installer: Installer, slots: Slots, broker: Option<S
     server.await.context("HTTP server")?;
     tracing::info!("stopping");
     stop_follower.store(true, Ordering::SeqCst);
-    let _ = link_tx.send(LinkMsg::Shutdown).await;
+    // The watched folder's task holds a sender of the results actor: it stops first (after the
+    // file in progress), so that dropping the last sender ends the results actor, whose final
+    // flush queues the last `m/inference` in the outbox before the link goes.
+    let _ = stop_watch.send(true);
+    if let Some(mut t) = watch_task
+        && tokio::time::timeout(Duration::from_secs(5), &mut t)
+            .await
+            .is_err()
+    {
+        t.abort();
+        let _ = t.await;
+    }
     drop(report_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), report_task).await;
+    let _ = link_tx.send(LinkMsg::Shutdown).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), link_task).await;
     if let Some(t) = ops_task {
         t.abort();

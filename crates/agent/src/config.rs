@@ -138,7 +138,7 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "inference.watch_dir",
         default: "\"\"",
-        doc: "Watched input folder: images put there are inferred, then moved to `done/` (or `failed/`) with the result next to them as `<name>.json`; empty = off.",
+        doc: "Watched input folder: images put there are inferred, then moved to `done/` (or `failed/`) with the result next to them as `<name>.json`; an image that cannot be inferred yet (no model installed) stays and is retried; empty = off.",
     },
     Key {
         name: "inference.report_interval_secs",

@@ -83,7 +83,7 @@ impl Downloader {
             .connect_timeout(Duration::from_secs(config.timeout_secs))
             // Each attempt is bounded (a silent peer cannot hang the install); a large package on a
             // slow link simply continues in the next attempt from the `.part`, and attempts that
-            // made progress do not count against `retries`.
+            // grew the `.part` do not count against `retries`.
             .timeout(Duration::from_secs(config.timeout_secs))
             .build()
             .map_err(|e| DownloadError::BadUrl(format!("HTTP client: {e}")))?;
@@ -134,7 +134,10 @@ impl Downloader {
                 std::thread::sleep(self.config.backoff(failures));
             }
             stats.attempts += 1;
-            let before = stats.received;
+            // Progress is growth of the `.part` file, not bytes received: a server that ignores
+            // Range answers 200 and the file starts again from zero, so an attempt cut at the same
+            // place every time receives bytes but gets no further, and must count as a failure.
+            let before = file_len(part);
             match self.attempt(url, part, &mut stats)? {
                 Attempt::Done => {
                     fault::point("download-complete");
@@ -150,7 +153,7 @@ impl Downloader {
                 }
                 Attempt::Retry(reason) => {
                     tracing::warn!(url = %redact(url), attempt = stats.attempts, %reason, "download interrupted");
-                    if stats.received == before {
+                    if file_len(part) <= before {
                         failures += 1;
                     }
                     last = reason;
@@ -200,6 +203,12 @@ impl Downloader {
                 });
             }
         };
+        // A full answer to a Range request: the `.part` starts again from zero.
+        let restarted = if !append && offset > 0 {
+            " (the server ignored the Range request: the download restarted from zero)"
+        } else {
+            ""
+        };
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -217,7 +226,7 @@ impl Downloader {
                 Ok(n) => n,
                 Err(e) => {
                     file.sync_data().map_err(io)?;
-                    return Ok(Attempt::Retry(e.to_string()));
+                    return Ok(Attempt::Retry(format!("{e}{restarted}")));
                 }
             };
             file.write_all(&buf[..n]).map_err(io)?;
@@ -240,7 +249,7 @@ impl Downloader {
         let have = file_len(part);
         match total {
             Some(t) if have < t => Ok(Attempt::Retry(format!(
-                "connection closed at {have} of {t} bytes"
+                "connection closed at {have} of {t} bytes{restarted}"
             ))),
             _ => Ok(Attempt::Done),
         }

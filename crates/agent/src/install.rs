@@ -43,6 +43,9 @@ pub enum InstallError {
     /// The module has no URL and no file.
     #[error("no package URL for {0}")]
     NoSource(String),
+    /// The model name or version is not valid (it would not be a safe path component).
+    #[error("{0}")]
+    Invalid(String),
     /// The install was interrupted by restarts too often.
     #[error("install of {model} interrupted {attempts} times; rolled back")]
     Interrupted {
@@ -73,6 +76,17 @@ impl InstallError {
             _ => Recovery::RollBack,
         }
     }
+}
+
+/// Checks a model name (`package::manifest::check_model_name`) and, if given, a version (semver,
+/// `package::Version::parse`) as they arrive from a command or a command line, before anything
+/// uses them: both become path components in the store, so `..`, `.` or `a/b` must never pass.
+pub fn check_model_ref(name: &str, version: Option<&str>) -> Result<(), InstallError> {
+    package::manifest::check_model_name(name).map_err(InstallError::Invalid)?;
+    if let Some(v) = version {
+        package::Version::parse(v).map_err(InstallError::Invalid)?;
+    }
+    Ok(())
 }
 
 /// Where the package comes from.
@@ -138,6 +152,7 @@ impl Installer {
         source: PackageSource<'_>,
         command: Option<PendingCommand>,
     ) -> Result<Installed, InstallError> {
+        check_model_ref(name, Some(version))?;
         let span = tracing::info_span!("install", model = name, version);
         let _enter = span.enter();
         let active = self.store.active(name)?;
@@ -151,7 +166,7 @@ impl Installer {
             {
                 let loaded = LoadedModel::load(
                     &*self.backend,
-                    &self.store.version_dir(name, version),
+                    &self.store.version_dir(name, version)?,
                     self.threads,
                 )?;
                 slots.swap(Arc::new(loaded));
@@ -178,6 +193,13 @@ impl Installer {
         };
         if attempts > self.max_attempts {
             self.roll_back(&j, true);
+            // Rolled back: the journal has done its job. Without a command (sm-plugin mode) nobody
+            // else ends it, and left in place it would refuse every later install of this version;
+            // with one, the caller clears it once the failure is reported (a crash before that
+            // resumes the command and reports it then).
+            if j.command.is_none() {
+                self.store.clear_journal()?;
+            }
             return Err(InstallError::Interrupted {
                 model: format!("{name}@{version}"),
                 attempts: attempts - 1,
@@ -197,14 +219,14 @@ impl Installer {
 
     fn run(&self, j: &mut InstallJournal, source: PackageSource<'_>) -> Result<Installed, InstallError> {
         let (name, version) = (j.model.clone(), j.version.clone());
-        let dir = self.store.version_dir(&name, &version);
+        let dir = self.store.version_dir(&name, &version)?;
         if !dir.is_dir() {
-            let done = self.store.download_path(&name, &version, true);
+            let done = self.store.download_path(&name, &version, true)?;
             let file = match source {
                 PackageSource::File(f) => f.to_owned(),
                 PackageSource::Url(url) => {
                     if !done.is_file() {
-                        let part = self.store.download_path(&name, &version, false);
+                        let part = self.store.download_path(&name, &version, false)?;
                         let stats = self.downloader.fetch(url, &part, &done)?;
                         tracing::info!(
                             received = stats.received,
@@ -291,6 +313,12 @@ impl Installer {
         })
     }
 
+    /// Loads a stored version (a name or version that is not valid fails like a bad model).
+    fn load_version(&self, name: &str, version: &str) -> Result<LoadedModel, String> {
+        let dir = self.store.version_dir(name, version).map_err(|e| e.to_string())?;
+        LoadedModel::load(&*self.backend, &dir, self.threads).map_err(|e| e.to_string())
+    }
+
     /// Undoes an install that did not commit: the previous version serves again, the new files go.
     fn roll_back(&self, j: &InstallJournal, discard_download: bool) {
         let (name, version) = (&j.model, &j.version);
@@ -298,15 +326,12 @@ impl Installer {
             && slots.get(Some(name)).is_some_and(|m| m.model.version == *version)
         {
             match &j.previous {
-                Some(prev) => {
-                    match LoadedModel::load(&*self.backend, &self.store.version_dir(name, prev), self.threads)
-                    {
-                        Ok(m) => {
-                            slots.swap(Arc::new(m));
-                        }
-                        Err(e) => tracing::error!(error = %e, "the previous version does not load"),
+                Some(prev) => match self.load_version(name, prev) {
+                    Ok(m) => {
+                        slots.swap(Arc::new(m));
                     }
-                }
+                    Err(e) => tracing::error!(error = %e, "the previous version does not load"),
+                },
                 None => {
                     slots.remove(name);
                 }
@@ -317,8 +342,10 @@ impl Installer {
         }
         let stored_previous = self.store.previous(name).ok().flatten();
         let keep = [j.previous.as_deref(), stored_previous.as_deref()];
-        if !keep.contains(&Some(version.as_str())) {
-            let _ = std::fs::remove_dir_all(self.store.version_dir(name, version));
+        if !keep.contains(&Some(version.as_str()))
+            && let Ok(dir) = self.store.version_dir(name, version)
+        {
+            let _ = std::fs::remove_dir_all(dir);
         }
         if j.previous.is_none() && self.store.active(name).ok().flatten().as_deref() == Some(version) {
             let _ = self.store.remove_model(name);
@@ -330,6 +357,7 @@ impl Installer {
 
     /// Removes a model: it stops serving and its files go.
     pub fn remove(&self, name: &str) -> Result<(), InstallError> {
+        check_model_ref(name, None)?;
         if let Some(slots) = &self.slots {
             slots.remove(name);
         }
@@ -363,11 +391,7 @@ impl Installer {
             if current.is_some_and(|c| c.model.version == m.version) || failed.contains(&id) {
                 continue;
             }
-            match LoadedModel::load(
-                &*self.backend,
-                &self.store.version_dir(&m.name, &m.version),
-                self.threads,
-            ) {
+            match self.load_version(&m.name, &m.version) {
                 Ok(model) => {
                     slots.swap(Arc::new(model));
                     changes.push(id);
@@ -392,7 +416,7 @@ impl Installer {
             let candidates = std::iter::once(m.version.clone()).chain(m.previous.clone());
             let mut loaded = false;
             for v in candidates {
-                match LoadedModel::load(&*self.backend, &self.store.version_dir(&m.name, &v), self.threads) {
+                match self.load_version(&m.name, &v) {
                     Ok(model) => {
                         if v != m.version {
                             self.store.set_active(&m.name, &v)?;

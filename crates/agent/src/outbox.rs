@@ -165,15 +165,24 @@ impl Outbox {
                 break;
             };
             self.bytes.fetch_sub(size as u64, Ordering::SeqCst);
-            let n = self.dropped.fetch_add(1, Ordering::SeqCst) + 1;
-            sqlx::query(
-                "INSERT INTO counters (name, value) VALUES ('dropped', $1) \
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            // Incremented in the database, not written from memory: two concurrent drops cannot
+            // store their totals out of order, so the stored value never goes backwards.
+            let stored: Result<(i64,), _> = sqlx::query_as(
+                "INSERT INTO counters (name, value) VALUES ('dropped', 1) \
+                 ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
             )
-            .bind(n as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+            .fetch_one(&self.pool)
+            .await;
+            let n = match stored {
+                Ok((total,)) => self
+                    .dropped
+                    .fetch_max(total as u64, Ordering::SeqCst)
+                    .max(total as u64),
+                Err(e) => {
+                    self.dropped.fetch_add(1, Ordering::SeqCst);
+                    return Err(self.err(e));
+                }
+            };
             tracing::warn!(
                 seq,
                 dropped_total = n,
@@ -329,6 +338,56 @@ mod tests {
             .unwrap();
         assert_eq!(ob.bytes(), stored as u64);
         assert!(ob.bytes() <= 2_000);
+    }
+
+    async fn stored_dropped(ob: &Outbox) -> i64 {
+        sqlx::query_scalar("SELECT value FROM counters WHERE name = 'dropped'")
+            .fetch_one(&ob.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The stored count is incremented in the database: drops from two handles (each with its
+    /// own count in memory) both count, and concurrent drops never store a smaller total.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_stored_dropped_count_only_goes_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let a = Outbox::open(&path, 50).await.unwrap();
+        let b = Outbox::open(&path, 50).await.unwrap();
+        a.push("m", &[b'x'; 59], false, Priority::Measurement)
+            .await
+            .unwrap();
+        assert_eq!(stored_dropped(&a).await, 1);
+        b.push("m", &[b'x'; 59], false, Priority::Measurement)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored_dropped(&b).await,
+            2,
+            "the second handle's drop adds to the first's"
+        );
+        assert_eq!(b.dropped(), 2);
+
+        let ob = Outbox::open(&dir.path().join("c.db"), 100).await.unwrap();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let ob = ob.clone();
+                tokio::spawn(async move {
+                    for _ in 0..100 {
+                        ob.push("m", &[b'x'; 59], false, Priority::Measurement)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let left = ob.len().await.unwrap() as i64;
+        assert_eq!(stored_dropped(&ob).await, 400 - left);
+        assert_eq!(ob.dropped() as i64, 400 - left);
     }
 
     #[tokio::test]

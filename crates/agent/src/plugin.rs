@@ -13,7 +13,7 @@ use std::process::Command;
 
 use proto::command::SoftwareModule;
 
-use crate::install::{Installer, PackageSource};
+use crate::install::{Installer, PackageSource, check_model_ref};
 
 /// An sm-plugin executable.
 #[derive(Clone, Debug)]
@@ -212,6 +212,8 @@ pub fn run_onnx_plugin(installer: &Installer, command: &PluginCommand) -> Result
             Ok(0)
         }
         PluginCommand::Install { name, version, file } => {
+            // Checked before anything else: both become paths in the store.
+            check_model_ref(name, version.as_deref()).map_err(|e| e.to_string())?;
             let file = file
                 .as_deref()
                 .ok_or("install needs --file: the onnx plugin installs a downloaded package")?;
@@ -224,16 +226,20 @@ pub fn run_onnx_plugin(installer: &Installer, command: &PluginCommand) -> Result
                         .version
                 }
             };
-            let done = installer
-                .install(name, &version, PackageSource::File(file), None)
-                .map_err(|e| e.to_string())?;
-            installer.store.clear_journal().map_err(|e| e.to_string())?;
+            let result = installer.install(name, &version, PackageSource::File(file), None);
+            // The outcome goes back to thin-edge now, whatever it is, so the journal ends here
+            // (as hub mode clears it once the command state is reported): only a process killed
+            // mid-install leaves one, and only those count towards `install.max_attempts`.
+            let cleared = installer.store.clear_journal();
+            let done = result.map_err(|e| e.to_string())?;
+            cleared.map_err(|e| e.to_string())?;
             if done.unchanged {
                 eprintln!("{name} {version} is already installed");
             }
             Ok(0)
         }
         PluginCommand::Remove { name, version } => {
+            check_model_ref(name, version.as_deref()).map_err(|e| e.to_string())?;
             let active = installer.store.active(name).map_err(|e| e.to_string())?;
             if let (Some(want), Some(have)) = (version, &active)
                 && want != have

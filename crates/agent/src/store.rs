@@ -39,6 +39,10 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A model name or version that cannot be a path component (checked before any path is
+    /// built from it).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -71,6 +75,14 @@ pub fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// Checks a version before it becomes a path component: semver (`package::Version`) has no `/`
+/// and never starts with `.`.
+fn check_version(version: &str) -> Result<(), StoreError> {
+    package::Version::parse(version)
+        .map(drop)
+        .map_err(StoreError::Invalid)
 }
 
 /// The model store.
@@ -107,25 +119,33 @@ impl ModelStore {
         &self.data_dir
     }
 
-    fn model_dir(&self, name: &str) -> PathBuf {
-        self.data_dir.join("models").join(name)
+    /// The directory of a model: the only place a model name becomes a path, so it is checked
+    /// here (a backstop behind [`crate::install::check_model_ref`]): `..`, `.` or `a/b` never
+    /// reach the file system.
+    fn model_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
+        package::manifest::check_model_name(name).map_err(StoreError::Invalid)?;
+        Ok(self.data_dir.join("models").join(name))
     }
 
-    /// Where a version is unpacked.
-    pub fn version_dir(&self, name: &str, version: &str) -> PathBuf {
-        self.model_dir(name).join(version)
+    /// Where a version is unpacked (the name and the version are checked first).
+    pub fn version_dir(&self, name: &str, version: &str) -> Result<PathBuf, StoreError> {
+        check_version(version)?;
+        Ok(self.model_dir(name)?.join(version))
     }
 
-    /// Where a package download goes (`.part` while incomplete).
-    pub fn download_path(&self, name: &str, version: &str, complete: bool) -> PathBuf {
+    /// Where a package download goes (`.part` while incomplete; name and version checked).
+    pub fn download_path(&self, name: &str, version: &str, complete: bool) -> Result<PathBuf, StoreError> {
+        package::manifest::check_model_name(name).map_err(StoreError::Invalid)?;
+        check_version(version)?;
         let ext = if complete { "emp" } else { "part" };
-        self.data_dir
+        Ok(self
+            .data_dir
             .join("downloads")
-            .join(format!("{name}-{version}.{ext}"))
+            .join(format!("{name}-{version}.{ext}")))
     }
 
     fn read_pointer(&self, name: &str, which: &str) -> Result<Option<String>, StoreError> {
-        let p = self.model_dir(name).join(which);
+        let p = self.model_dir(name)?.join(which);
         match std::fs::read_to_string(&p) {
             Ok(s) => {
                 let v = s.trim().to_owned();
@@ -154,14 +174,18 @@ impl ModelStore {
 
     /// Switches the serving version (the commit point).
     pub fn set_active(&self, name: &str, version: &str) -> Result<(), StoreError> {
-        write_durably(&self.model_dir(name).join("active"), version.as_bytes())
+        check_version(version)?;
+        write_durably(&self.model_dir(name)?.join("active"), version.as_bytes())
     }
 
     /// Records the rollback version (`None` removes it).
     pub fn set_previous(&self, name: &str, version: Option<&str>) -> Result<(), StoreError> {
-        let p = self.model_dir(name).join("previous");
+        let p = self.model_dir(name)?.join("previous");
         match version {
-            Some(v) => write_durably(&p, v.as_bytes()),
+            Some(v) => {
+                check_version(v)?;
+                write_durably(&p, v.as_bytes())
+            }
             None => match std::fs::remove_file(&p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&p)(e)),
                 _ => Ok(()),
@@ -179,6 +203,10 @@ impl ModelStore {
             if name.starts_with('.') {
                 continue;
             }
+            if let Err(reason) = package::manifest::check_model_name(&name) {
+                tracing::warn!(dir = %entry.path().display(), %reason, "not a model directory: ignored");
+                continue;
+            }
             if let Some(version) = self.active(&name)? {
                 out.push(InstalledModel {
                     previous: self.previous(&name)?,
@@ -194,7 +222,7 @@ impl ModelStore {
     /// Removes every version of `name` except the active and previous ones, and leftovers of
     /// interrupted unpacks. Returns the removed versions.
     pub fn gc(&self, name: &str) -> Result<Vec<String>, StoreError> {
-        let dir = self.model_dir(name);
+        let dir = self.model_dir(name)?;
         let keep = [self.active(name)?, self.previous(name)?];
         let mut removed = Vec::new();
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -216,7 +244,7 @@ impl ModelStore {
 
     /// Removes a model entirely.
     pub fn remove_model(&self, name: &str) -> Result<(), StoreError> {
-        let dir = self.model_dir(name);
+        let dir = self.model_dir(name)?;
         // The pointer goes first: a crash half-way leaves files but no serving version.
         let active = dir.join("active");
         if active.exists() {
@@ -232,7 +260,9 @@ impl ModelStore {
     /// Removes the download files of a version.
     pub fn remove_downloads(&self, name: &str, version: &str) {
         for complete in [false, true] {
-            let _ = std::fs::remove_file(self.download_path(name, version, complete));
+            if let Ok(p) = self.download_path(name, version, complete) {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 
@@ -325,9 +355,9 @@ mod tests {
         let store = ModelStore::open(dir.path()).unwrap();
         assert_eq!(store.active("m").unwrap(), None);
         for v in ["1.0.0", "1.1.0", "2.0.0"] {
-            std::fs::create_dir_all(store.version_dir("m", v)).unwrap();
+            std::fs::create_dir_all(store.version_dir("m", v).unwrap()).unwrap();
         }
-        std::fs::create_dir_all(store.version_dir("m", ".2.1.0.unpack-x")).unwrap();
+        std::fs::create_dir_all(dir.path().join("models/m/.2.1.0.unpack-x")).unwrap();
         store.set_active("m", "2.0.0").unwrap();
         store.set_previous("m", Some("1.1.0")).unwrap();
         assert_eq!(store.gc("m").unwrap(), [".2.1.0.unpack-x", "1.0.0"]);
@@ -343,6 +373,39 @@ mod tests {
         assert!(matches!(store.active("m"), Err(StoreError::Corrupt { .. })));
         store.remove_model("m").unwrap();
         assert!(store.installed().unwrap().is_empty());
+    }
+
+    #[test]
+    fn no_path_is_built_from_a_bad_name_or_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("keep"), "x").unwrap();
+        for bad in ["..", ".", "", "a/b", "../other", ".hidden"] {
+            assert!(
+                matches!(store.version_dir(bad, "1.0.0"), Err(StoreError::Invalid(_))),
+                "{bad}"
+            );
+            assert!(
+                matches!(store.remove_model(bad), Err(StoreError::Invalid(_))),
+                "{bad}"
+            );
+            assert!(matches!(store.gc(bad), Err(StoreError::Invalid(_))), "{bad}");
+            assert!(store.download_path(bad, "1.0.0", false).is_err(), "{bad}");
+        }
+        for bad in ["..", ".", "", "../y/1.0.0", "1.0.0/..", "1.0"] {
+            assert!(
+                matches!(store.version_dir("m", bad), Err(StoreError::Invalid(_))),
+                "{bad}"
+            );
+            assert!(store.download_path("m", bad, true).is_err(), "{bad}");
+            assert!(store.set_active("m", bad).is_err(), "{bad}");
+            assert!(store.set_previous("m", Some(bad)).is_err(), "{bad}");
+        }
+        assert!(
+            dir.path().join("keep").is_file(),
+            "the data directory is untouched"
+        );
+        assert!(!dir.path().join("models/m").exists());
     }
 
     #[test]

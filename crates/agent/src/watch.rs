@@ -3,10 +3,17 @@
 //! `failed/` with the error. The asset id is the file name up to the first `__`, if any
 //! (`pole-17__north.jpg` → `pole-17`). Polled every 500 ms: simple, and correct on every file
 //! system; a file is taken only once its size stopped changing between two polls.
+//!
+//! Only a final answer moves a file: a temporary refusal (503: no model installed yet, the model
+//! named is not installed, shutting down) leaves it in place, and it is tried again at the next
+//! poll. The task stops when told to (shutdown), between two files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use axum::http::StatusCode;
+use tokio::sync::watch;
 
 use crate::http::{ApiState, InferQuery, run_inference};
 
@@ -16,8 +23,8 @@ fn is_image(p: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
 }
 
-/// Runs forever.
-pub async fn run(dir: PathBuf, state: ApiState) {
+/// Runs until `stop` turns true (or its sender is dropped).
+pub async fn run(dir: PathBuf, state: ApiState, mut stop: watch::Receiver<bool>) {
     let (done, failed) = (dir.join("done"), dir.join("failed"));
     for d in [&dir, &done, &failed] {
         if let Err(e) = std::fs::create_dir_all(d) {
@@ -26,6 +33,8 @@ pub async fn run(dir: PathBuf, state: ApiState) {
         }
     }
     let mut sizes: HashMap<PathBuf, u64> = HashMap::new();
+    // Files left in place after a temporary refusal (logged once, not at every poll).
+    let mut waiting: HashSet<PathBuf> = HashSet::new();
     loop {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|rd| {
@@ -38,27 +47,52 @@ pub async fn run(dir: PathBuf, state: ApiState) {
         files.sort();
         let mut seen = HashMap::new();
         for path in files {
+            if *stop.borrow() {
+                return;
+            }
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             seen.insert(path.clone(), size);
             if sizes.get(&path) != Some(&size) {
                 continue;
             }
-            process(&state, &path, &done, &failed).await;
-            seen.remove(&path);
+            match process(&state, &path, &done, &failed).await {
+                Processed::Moved => {
+                    seen.remove(&path);
+                    waiting.remove(&path);
+                }
+                Processed::Later(reason) => {
+                    if waiting.insert(path.clone()) {
+                        tracing::info!(file = %path.display(), %reason,
+                            "cannot infer the file yet; it stays and is retried at the next poll");
+                    }
+                }
+            }
         }
+        waiting.retain(|p| seen.contains_key(p));
         sizes = seen;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
+        }
     }
 }
 
-async fn process(state: &ApiState, path: &Path, done: &Path, failed: &Path) {
+/// What became of a file.
+enum Processed {
+    /// Moved to `done/` or `failed/`.
+    Moved,
+    /// A temporary refusal: left in place.
+    Later(String),
+}
+
+async fn process(state: &ApiState, path: &Path, done: &Path, failed: &Path) -> Processed {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let asset_id = name.split_once("__").map(|(a, _)| a.to_owned());
     let Ok(admitted) = state.admission.clone().acquire_owned().await else {
-        return;
+        return Processed::Later("shutting down".into());
     };
     let outcome = match std::fs::read(path) {
         Ok(bytes) => run_inference(
@@ -70,10 +104,15 @@ async fn process(state: &ApiState, path: &Path, done: &Path, failed: &Path) {
             },
         )
         .await
-        .map_err(|e| e.1),
-        Err(e) => Err(e.to_string()),
+        .map_err(|e| (e.0 == StatusCode::SERVICE_UNAVAILABLE, e.1)),
+        Err(e) => Err((false, e.to_string())),
     };
     drop(admitted);
+    let outcome = match outcome {
+        Err((true, reason)) => return Processed::Later(reason),
+        Err((false, reason)) => Err(reason),
+        Ok(r) => Ok(r),
+    };
     let (dest, json) = match outcome {
         Ok(r) => (done, serde_json::to_vec_pretty(&r).unwrap_or_default()),
         Err(e) => (
@@ -85,4 +124,5 @@ async fn process(state: &ApiState, path: &Path, done: &Path, failed: &Path) {
     if let Err(e) = std::fs::rename(path, dest.join(&name)) {
         tracing::error!(file = %path.display(), error = %e, "cannot move a processed file");
     }
+    Processed::Moved
 }

@@ -86,9 +86,7 @@ impl Backend for OrtBackend {
             builder = builder.with_intra_threads(n).map_err(|e| invalid(&e))?;
         }
         if let Some(spin) = options.spinning {
-            builder = builder
-                .with_intra_op_spinning(spin)
-                .map_err(|e| invalid(&e))?;
+            builder = builder.with_intra_op_spinning(spin).map_err(|e| invalid(&e))?;
         }
         if let Some(p) = &options.optimized_model_path {
             builder = builder.with_optimized_model_path(p).map_err(|e| invalid(&e))?;

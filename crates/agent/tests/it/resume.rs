@@ -125,3 +125,69 @@ fn retries_within_one_call_resume_too() {
     assert_eq!(std::fs::read(dir.path().join("x.emp")).unwrap(), body);
     assert_eq!(served.lock().unwrap().clone(), [(0, 40_000), (40_000, 60_000)]);
 }
+
+/// Ignores Range: always answers 200 with the whole length and cuts every response after `cut`
+/// bytes, except from the `heal_after`th request on, which gets the whole body (so a client that
+/// never gives up ends with a success instead of hanging the test). Returns the URL and the count
+/// of requests served.
+fn range_ignoring_server(body: Vec<u8>, cut: usize, heal_after: usize) -> (String, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/pkg.emp?token=secret", listener.local_addr().unwrap());
+    let count = Arc::new(Mutex::new(0));
+    let served = count.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            let send = if n + 1 >= heal_after {
+                &body[..]
+            } else {
+                &body[..cut]
+            };
+            let _ = stream.write_all(send);
+            let _ = stream.flush();
+            *served.lock().unwrap() += 1;
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn a_server_that_ignores_range_and_cuts_every_answer_makes_the_download_give_up() {
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 17) as u8).collect();
+    let (url, served) = range_ignoring_server(body, 50_000, 30);
+    let dir = tempfile::tempdir().unwrap();
+    let config = DownloadConfig {
+        retries: 2,
+        backoff_ms: 10,
+        ..DownloadConfig::default()
+    };
+    let e = Downloader::new(config)
+        .unwrap()
+        .fetch(&url, &dir.path().join("r.part"), &dir.path().join("r.emp"))
+        .unwrap_err();
+    // The first attempt grows the `.part` (progress); each later one restarts from zero and
+    // ends at the same length: 2 retries, then it gives up.
+    match &e {
+        DownloadError::GaveUp { attempts, .. } => assert_eq!(*attempts, 4, "{e}"),
+        other => panic!("expected GaveUp, got {other}"),
+    }
+    assert!(
+        e.to_string().contains("ignored the Range request"),
+        "a clear error: {e}"
+    );
+    assert_eq!(*served.lock().unwrap(), 4);
+    assert!(!dir.path().join("r.emp").exists());
+}

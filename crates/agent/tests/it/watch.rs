@@ -77,3 +77,110 @@ fn dropped_images_are_inferred_moved_aside_and_answered_next_to_them() {
     assert_eq!(r["model"]["name"], "tiny", "{r}");
     assert!(r.get("asset_id").is_none(), "no `__`, no asset id: {r}");
 }
+
+/// A config watching `in/`, for thin-edge mode's inference service (`infer --mqtt`, which follows
+/// the model store), with the local broker unreachable: the service serves while its link retries.
+fn watching_config(work: &Path) -> std::path::PathBuf {
+    let config = agent_config(work, "cam-watch", "unused", "127.0.0.1:1", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[inference]\n", "[inference]\nwatch_dir = \"in\"\n");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn plugin_install(config: &Path, package: &Path) {
+    let o = std::process::Command::new(agent_binary())
+        .args(["plugin", "onnx", "--config"])
+        .arg(config)
+        .args(["install", "tiny", "--module-version", "1.0.0", "--file"])
+        .arg(package)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn start_service(config: &Path) -> Agent {
+    Agent::start_with(&["infer", "--mqtt", "127.0.0.1:1"], config, None)
+}
+
+#[test]
+fn an_image_dropped_before_any_model_is_installed_waits_and_is_inferred_after_the_install() {
+    let work = tempfile::tempdir().unwrap();
+    let config = watching_config(work.path());
+    let v1 = package(work.path(), "1.0.0", 0.1, Spoil::None);
+    let agent = start_service(&config);
+    let dir = work.path().join("in");
+    wait_until("the watched folder exists", Duration::from_secs(10), || {
+        dir.join("done").is_dir()
+    });
+    std::fs::write(dir.join("pole-1.png"), png(20, 20, 4)).unwrap();
+    let failed = dir.join("failed/pole-1.png.json");
+    wait_until("the image taken", Duration::from_secs(30), || {
+        agent.log().contains("retried at the next poll") || failed.exists()
+    });
+    assert!(
+        !failed.exists(),
+        "no model yet is a temporary refusal, not a bad image: {}",
+        std::fs::read_to_string(&failed).unwrap_or_default()
+    );
+    assert!(dir.join("pole-1.png").is_file(), "the image stays in place");
+
+    plugin_install(&config, &v1);
+    let done = dir.join("done/pole-1.png.json");
+    wait_until(
+        "the image inferred after the install",
+        Duration::from_secs(30),
+        || done.is_file(),
+    );
+    let r = result(&done);
+    assert_eq!(r["model"]["version"], "1.0.0", "{r}");
+    assert!(!dir.join("failed/pole-1.png").exists());
+}
+
+#[test]
+fn a_graceful_stop_with_a_watched_folder_keeps_the_final_inference_measurement() {
+    let work = tempfile::tempdir().unwrap();
+    let config = watching_config(work.path());
+    plugin_install(&config, &package(work.path(), "1.0.0", 0.1, Spoil::None));
+    let mut agent = start_service(&config);
+    let dir = work.path().join("in");
+    wait_until("the watched folder exists", Duration::from_secs(10), || {
+        dir.join("done").is_dir()
+    });
+    std::fs::write(dir.join("pole-2.png"), png(20, 20, 6)).unwrap();
+    wait_until("the image inferred", Duration::from_secs(30), || {
+        dir.join("done/pole-2.png.json").is_file()
+    });
+    // SIGTERM: the counters are flushed (report_interval_secs is 3600, so only the final flush
+    // can have queued them) into the outbox, which the next connection delivers.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &agent.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = agent.child.wait().unwrap();
+    assert!(exit.success(), "{exit}: {}", agent.log());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let messages = rt.block_on(async {
+        let outbox = agent::outbox::Outbox::open(&work.path().join("data/outbox-local.db"), u64::MAX)
+            .await
+            .unwrap();
+        outbox.after(0, 1000).await.unwrap()
+    });
+    let measurement = messages
+        .iter()
+        .filter(|m| m.topic.ends_with("/m/inference"))
+        .find_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no m/inference in the outbox: {:?}\n{}",
+                messages.iter().map(|m| &m.topic).collect::<Vec<_>>(),
+                agent.log()
+            )
+        });
+    assert_eq!(measurement["tiny@1.0.0"]["count"], 1.0, "{measurement}");
+}

@@ -3,8 +3,11 @@
 //! priority), so a final state reaches the hub even across disconnects and restarts.
 //!
 //! `software_update` modules of type `onnx` go through the [`Installer`]; other types through
-//! external sm-plugins. The command is written into the install journal, so after a crash the
-//! agent resumes it on start ([`OpsMsg::Resume`]) and reports its outcome.
+//! external sm-plugins. Every command that reports `executing` is recorded first
+//! (`command.json`, [`RunningCommand`]), and its final state is recorded before it is queued, so
+//! after a crash the agent ([`OpsMsg::Resume`]) either reports the decided state again or runs the
+//! command again (an install resumes from its journal), at most [`MAX_COMMAND_ATTEMPTS`] times:
+//! a command never stays `executing` at the hub because the agent restarted.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -21,7 +24,10 @@ use crate::fault;
 use crate::install::{Installer, PackageSource};
 use crate::outbox::{Outbox, Priority};
 use crate::plugin::{ExternalPlugin, discover};
-use crate::store::PendingCommand;
+use crate::store::{PendingCommand, RunningCommand};
+
+/// How many times a command is started (restarts included) before it is reported failed.
+pub const MAX_COMMAND_ATTEMPTS: u32 = 3;
 
 /// Messages to the operations actor.
 #[derive(Debug)]
@@ -49,6 +55,8 @@ pub struct Operations {
     plugins_dir: Option<PathBuf>,
     log_file: Option<PathBuf>,
     seen: HashSet<String>,
+    /// Set while a recorded command runs again after a restart: its earlier attempts.
+    resuming: Option<u32>,
 }
 
 impl Operations {
@@ -66,6 +74,7 @@ impl Operations {
             plugins_dir,
             log_file,
             seen: HashSet::new(),
+            resuming: None,
         }
     }
 
@@ -100,6 +109,16 @@ impl Operations {
     }
 
     async fn resume(&mut self) {
+        let record = self.installer.store.running_command().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "unreadable command record; discarding it");
+            let _ = self.installer.store.clear_running_command();
+            None
+        });
+        if let Some(r) = record {
+            self.resume_command(r).await;
+            self.resuming = None;
+            return;
+        }
         let journal = match self.installer.store.journal() {
             Ok(Some(j)) => j,
             Ok(None) => return,
@@ -133,10 +152,94 @@ impl Operations {
         }
     }
 
+    /// Finishes the command recorded when the agent stopped.
+    async fn resume_command(&mut self, r: RunningCommand) {
+        if let Some(outcome) = r.outcome {
+            // Decided before the restart (maybe not yet queued): report it again, do not run again.
+            tracing::info!(topic = %r.topic, "reporting the final state of a command decided before the restart");
+            let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
+            if let Err(e) = self.outbox.push(&r.topic, &bytes, true, Priority::Command).await {
+                tracing::error!(error = %e, "cannot queue a command state");
+            }
+            self.end_command();
+            return;
+        }
+        let payload = serde_json::to_vec(&r.payload).unwrap_or_default();
+        let op = proto::DeviceTopic::parse(&r.topic)
+            .ok()
+            .and_then(|t| match t.topic.channel() {
+                proto::topic::Channel::Command { operation, .. } => Some(operation.clone()),
+                _ => None,
+            });
+        let journal_pending = self.installer.store.journal().ok().flatten().is_some();
+        match op {
+            // An install in progress runs again: its journal counts attempts and rolls back.
+            Some(op) if r.attempts < MAX_COMMAND_ATTEMPTS || journal_pending => {
+                tracing::info!(topic = %r.topic, attempts = r.attempts, "running a command interrupted by a restart again");
+                self.resuming = Some(r.attempts);
+                self.command(r.topic, op, &payload).await;
+            }
+            Some(_) => {
+                let reason = format!(
+                    "interrupted by {} restarts of the agent; not run again",
+                    r.attempts
+                );
+                tracing::warn!(topic = %r.topic, %reason, "giving up a command");
+                match GenericCommand::parse(&payload).map(|c| c.value()) {
+                    Ok(Some(generic)) => self.finish(&r.topic, &generic.failed(reason)).await,
+                    _ => self.end_command(),
+                }
+            }
+            None => self.end_command(),
+        }
+    }
+
+    /// Records the command as running, before `executing` is reported.
+    fn record_start(&mut self, topic: &str, payload: &[u8]) {
+        let record = RunningCommand {
+            topic: topic.to_owned(),
+            payload: serde_json::from_slice(payload).unwrap_or_default(),
+            attempts: self.resuming.take().unwrap_or(0) + 1,
+            outcome: None,
+        };
+        if let Err(e) = self.installer.store.write_running_command(&record) {
+            tracing::error!(error = %e, "cannot record the running command");
+        }
+    }
+
+    /// Reports a command's final state: recorded first, then queued, then the install journal
+    /// and the record end.
+    async fn finish<T: serde::Serialize>(&self, topic: &str, state: &CommandState<T>) {
+        let json = state.to_json();
+        match self.installer.store.running_command() {
+            Ok(Some(mut r)) if r.topic == topic => {
+                r.outcome = serde_json::from_slice(&json).ok();
+                if let Err(e) = self.installer.store.write_running_command(&r) {
+                    tracing::error!(error = %e, "cannot record the command's final state");
+                }
+            }
+            _ => {}
+        }
+        self.report(topic, state).await;
+        fault::point("report-sent");
+        self.end_command();
+    }
+
+    /// Ends the recorded command and its install journal.
+    fn end_command(&self) {
+        if let Err(e) = self.installer.store.clear_journal() {
+            tracing::error!(error = %e, "cannot clear the install journal");
+        }
+        fault::point("journal-cleared");
+        if let Err(e) = self.installer.store.clear_running_command() {
+            tracing::error!(error = %e, "cannot clear the command record");
+        }
+    }
+
     /// Reads a request of a typed operation: a malformed one is reported failed with the reason,
     /// an empty (cleared) one is ignored; a valid one is reported `executing` and returned.
     async fn begin<T>(
-        &self,
+        &mut self,
         topic: &str,
         generic: GenericCommand,
         payload: &[u8],
@@ -147,6 +250,7 @@ impl Operations {
     {
         match CommandState::<T>::parse(payload).map(|r| r.value()) {
             Ok(Some(request)) => {
+                self.record_start(topic, payload);
                 self.report(topic, &request.clone().with_status(CommandStatus::Executing))
                     .await;
                 Some(request)
@@ -269,14 +373,10 @@ impl Operations {
                     }
                     failed
                 };
-                self.report(&topic, &done).await;
-                fault::point("report-sent");
-                if let Err(e) = self.installer.store.clear_journal() {
-                    tracing::error!(error = %e, "cannot clear the install journal");
-                }
-                fault::point("journal-cleared");
+                self.finish(&topic, &done).await;
             }
             CommandOp::Restart => {
+                self.record_start(&topic, payload);
                 self.report(&topic, &generic.clone().with_status(CommandStatus::Executing))
                     .await;
                 let installer = self.installer.clone();
@@ -286,11 +386,11 @@ impl Operations {
                     .and_then(|r| r.map_err(|e| e.to_string()));
                 match result {
                     Ok(problems) if problems.is_empty() => {
-                        self.report(&topic, &generic.with_status(CommandStatus::Successful))
+                        self.finish(&topic, &generic.with_status(CommandStatus::Successful))
                             .await;
                     }
-                    Ok(problems) => self.report(&topic, &generic.failed(problems.join("; "))).await,
-                    Err(e) => self.report(&topic, &generic.failed(e)).await,
+                    Ok(problems) => self.finish(&topic, &generic.failed(problems.join("; "))).await,
+                    Err(e) => self.finish(&topic, &generic.failed(e)).await,
                 }
             }
             CommandOp::LogUpload => {
@@ -304,6 +404,8 @@ impl Operations {
                 let log_file = self.log_file.clone();
                 let upload = request.payload.clone();
                 let result = tokio::task::spawn_blocking(move || {
+                    // On the blocking pool: a fault that pauses here leaves the runtime running.
+                    fault::point("log-upload-start");
                     upload_log(&downloader, log_file.as_deref(), &upload)
                 })
                 .await
@@ -311,12 +413,12 @@ impl Operations {
                 match result {
                     Ok(lines) => {
                         tracing::info!(lines, "log uploaded");
-                        self.report(&topic, &request.with_status(CommandStatus::Successful))
+                        self.finish(&topic, &request.with_status(CommandStatus::Successful))
                             .await;
                     }
                     Err(reason) => {
                         tracing::warn!(%reason, "log upload failed");
-                        self.report(&topic, &request.failed(reason)).await;
+                        self.finish(&topic, &request.failed(reason)).await;
                     }
                 }
             }

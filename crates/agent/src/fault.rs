@@ -34,6 +34,9 @@ pub const POINTS: &[&str] = &[
     "report-sent",
 ];
 
+/// Fault points of other commands (not reached by an install).
+pub const COMMAND_POINTS: &[&str] = &["log-upload-start"];
+
 fn armed() -> Option<&'static (String, bool)> {
     static FAULT: OnceLock<Option<(String, bool)>> = OnceLock::new();
     FAULT
@@ -47,9 +50,12 @@ fn armed() -> Option<&'static (String, bool)> {
         .as_ref()
 }
 
-/// Marks a point of the install transaction: does nothing unless the fault names it.
+/// Marks a fault point: does nothing unless the fault names it.
 pub fn point(name: &str) {
-    debug_assert!(POINTS.contains(&name), "unknown fault point {name}");
+    debug_assert!(
+        POINTS.contains(&name) || COMMAND_POINTS.contains(&name),
+        "unknown fault point {name}"
+    );
     let Some((armed, exit)) = armed() else {
         return;
     };

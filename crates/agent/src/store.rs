@@ -272,17 +272,7 @@ impl ModelStore {
 
     /// The install in progress.
     pub fn journal(&self) -> Result<Option<InstallJournal>, StoreError> {
-        let p = self.journal_path();
-        match std::fs::read(&p) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    path: p,
-                    reason: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&p)(e)),
-        }
+        read_record(&self.journal_path())
     }
 
     /// Persists the install in progress.
@@ -293,15 +283,73 @@ impl ModelStore {
 
     /// Ends the install in progress.
     pub fn clear_journal(&self) -> Result<(), StoreError> {
-        let p = self.journal_path();
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&p)(e)),
-            _ => {
-                sync_dir(&self.data_dir);
-                Ok(())
+        remove_durably(&self.journal_path())
+    }
+
+    fn command_path(&self) -> PathBuf {
+        self.data_dir.join("command.json")
+    }
+
+    /// The command being executed, if the agent stopped during one.
+    pub fn running_command(&self) -> Result<Option<RunningCommand>, StoreError> {
+        read_record(&self.command_path())
+    }
+
+    /// Persists the command being executed (before `executing` is reported, and again with its
+    /// final state before that is reported).
+    pub fn write_running_command(&self, command: &RunningCommand) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(command).expect("the command record serializes");
+        write_durably(&self.command_path(), &bytes)
+    }
+
+    /// Ends the command being executed.
+    pub fn clear_running_command(&self) -> Result<(), StoreError> {
+        remove_durably(&self.command_path())
+    }
+}
+
+/// Reads a JSON record file; `None` when there is none.
+fn read_record<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, StoreError> {
+    match std::fs::read(p) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: p.to_owned(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(p)(e)),
+    }
+}
+
+/// Removes a record file (none is fine) and syncs its directory.
+fn remove_durably(p: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(p)(e)),
+        _ => {
+            if let Some(dir) = p.parent() {
+                sync_dir(dir);
             }
+            Ok(())
         }
     }
+}
+
+/// `command.json`: the command the operations actor is executing, whatever its operation. A
+/// restart finds it: with an `outcome` (decided, maybe not yet queued) that state is reported
+/// again and the command is not run again; without one the command runs again (an install
+/// resumes from its journal), at most `MAX_COMMAND_ATTEMPTS` times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunningCommand {
+    /// The command's full topic (under the hub prefix).
+    pub topic: String,
+    /// The request as received.
+    pub payload: serde_json::Value,
+    /// How many times the agent started executing it (restarts included).
+    pub attempts: u32,
+    /// The final state, once decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<serde_json::Value>,
 }
 
 /// How far an install got.

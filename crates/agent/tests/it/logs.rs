@@ -180,3 +180,48 @@ fn the_agent_uploads_the_selected_lines_of_its_log() {
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.text().unwrap().contains("is after"));
 }
+
+/// A command the agent was executing when it died (no install journal: a log upload) runs again
+/// after the restart and ends `successful`; before `command.json` it stayed `executing` forever
+/// (the hub re-sends only commands still `init`).
+#[test]
+fn a_log_upload_cut_by_a_restart_runs_again_and_ends_successful() {
+    let hub = Hub::start();
+    let token = hub.add_device("cam-log2");
+    let work = tempfile::tempdir().unwrap();
+    let config = agent_config(work.path(), "cam-log2", &token, &hub.mqtt, "");
+    let mut agent = Agent::start(&config, Some("log-upload-start"));
+    let (server, received) = put_server();
+    let id = hub.api(
+        "POST",
+        "/commands/log_upload",
+        Some(json!({
+            "device": "cam-log2", "type": "edgemlops-agent",
+            "date_from": rfc3339(-3600), "date_to": rfc3339(3600),
+            "upload_url": format!("{server}/logs/again"),
+        })),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(
+        "the command executing at the hub",
+        Duration::from_secs(30),
+        || hub.api("GET", &format!("/commands/{id}"), None)["status"] == "executing",
+    );
+    assert!(agent.log().contains("fault point log-upload-start reached"));
+    agent.child.kill().unwrap(); // SIGKILL
+    agent.child.wait().unwrap();
+    drop(agent);
+    assert!(received.try_recv().is_err(), "nothing uploaded before the kill");
+
+    let agent = Agent::start(&config, None);
+    let c = hub.wait_command(&id, Duration::from_secs(30));
+    assert_eq!(c["status"], "successful", "{c}\n{}", agent.log());
+    let got = received.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(got.path, "/logs/again");
+    assert!(
+        !work.path().join("data/command.json").exists(),
+        "the record ends with the command"
+    );
+}

@@ -34,8 +34,8 @@ pub const POINTS: &[&str] = &[
     "report-sent",
 ];
 
-/// Fault points of other commands (not reached by an install).
-pub const COMMAND_POINTS: &[&str] = &["log-upload-start"];
+/// Fault points outside the install transaction (other commands, the watched folder).
+pub const OTHER_POINTS: &[&str] = &["log-upload-start", "watch-queued"];
 
 fn armed() -> Option<&'static (String, bool)> {
     static FAULT: OnceLock<Option<(String, bool)>> = OnceLock::new();
@@ -53,7 +53,7 @@ fn armed() -> Option<&'static (String, bool)> {
 /// Marks a fault point: does nothing unless the fault names it.
 pub fn point(name: &str) {
     debug_assert!(
-        POINTS.contains(&name) || COMMAND_POINTS.contains(&name),
+        POINTS.contains(&name) || OTHER_POINTS.contains(&name),
         "unknown fault point {name}"
     );
     let Some((armed, exit)) = armed() else {

@@ -65,6 +65,11 @@ pub struct InferQuery {
     pub asset_id: Option<String>,
     /// Model name (default: the only or first serving model).
     pub model: Option<String>,
+    /// The event's idempotency key (after the device id), when the caller has a stable one: the
+    /// watched folder derives it from the file, so a photo inferred again after a crash is stored
+    /// once. Not settable over HTTP (each request is its own inspection).
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
 }
 
 /// Answer of `/v1/infer`.
@@ -154,6 +159,7 @@ pub async fn run_inference(s: &ApiState, body: Bytes, q: InferQuery) -> Result<I
             result: Box::new(result.clone()),
             asset_id: q.asset_id.clone(),
             input_sha256: input_sha256.clone(),
+            key: q.idempotency_key.clone(),
             done,
         })
         .await

@@ -30,6 +30,8 @@ pub enum ReportMsg {
         asset_id: Option<String>,
         /// sha256 of the input.
         input_sha256: String,
+        /// A stable key chosen by the caller (after the device id); default: boot id and sequence.
+        key: Option<String>,
         /// Queued.
         done: oneshot::Sender<String>,
     },
@@ -103,10 +105,14 @@ impl Reporter {
                 result,
                 asset_id,
                 input_sha256,
+                key,
                 done,
             } => {
                 self.next += 1;
-                let key = format!("{}-{}-{}", self.device, self.boot, self.next);
+                let key = match key {
+                    Some(k) => format!("{}-{k}", self.device),
+                    None => format!("{}-{}-{}", self.device, self.boot, self.next),
+                };
                 let top = result.predictions.first();
                 let text = match (top, &asset_id) {
                     (Some(t), Some(a)) => format!("{a}: {} ({:.2})", t.label, t.score),

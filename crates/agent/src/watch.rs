@@ -6,15 +6,19 @@
 //!
 //! Only a final answer moves a file: a temporary refusal (503: no model installed yet, the model
 //! named is not installed, shutting down) leaves it in place, and it is tried again at the next
-//! poll. The task stops when told to (shutdown), between two files.
+//! poll. The task stops when told to (shutdown), between two files. An inspection's idempotency
+//! key comes from the file's name and content, so a file inferred again after a crash (its event
+//! queued, the file not yet moved) is stored once at the hub.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::fault;
 use crate::http::{ApiState, InferQuery, run_inference};
 
 fn is_image(p: &Path) -> bool {
@@ -77,6 +81,17 @@ pub async fn run(dir: PathBuf, state: ApiState, mut stop: watch::Receiver<bool>)
     }
 }
 
+/// The idempotency key of a watched file's inspection: its name and content. A file inferred
+/// again after a crash (the event queued, the file not yet moved) gets the same key, so the hub
+/// stores it once; the same photo dropped again under the same name is the same inspection.
+fn file_key(name: &str, bytes: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(bytes);
+    format!("file-{:x}", h.finalize())
+}
+
 /// What became of a file.
 enum Processed {
     /// Moved to `done/` or `failed/`.
@@ -95,16 +110,18 @@ async fn process(state: &ApiState, path: &Path, done: &Path, failed: &Path) -> P
         return Processed::Later("shutting down".into());
     };
     let outcome = match std::fs::read(path) {
-        Ok(bytes) => run_inference(
-            state,
-            bytes.into(),
-            InferQuery {
+        Ok(bytes) => {
+            let idempotency_key = Some(file_key(&name, &bytes));
+            let query = InferQuery {
                 asset_id,
                 model: None,
-            },
-        )
-        .await
-        .map_err(|e| (e.0 == StatusCode::SERVICE_UNAVAILABLE, e.1)),
+                idempotency_key,
+            };
+            let r = run_inference(state, bytes.into(), query).await;
+            // The event is in the outbox; the file has not moved yet.
+            fault::point("watch-queued");
+            r.map_err(|e| (e.0 == StatusCode::SERVICE_UNAVAILABLE, e.1))
+        }
         Err(e) => Err((false, e.to_string())),
     };
     drop(admitted);

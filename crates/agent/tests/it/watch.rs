@@ -184,3 +184,52 @@ fn a_graceful_stop_with_a_watched_folder_keeps_the_final_inference_measurement()
         });
     assert_eq!(measurement["tiny@1.0.0"]["count"], 1.0, "{measurement}");
 }
+
+#[test]
+fn a_file_inferred_again_after_a_crash_keeps_its_idempotency_key() {
+    let work = tempfile::tempdir().unwrap();
+    let config = watching_config(work.path());
+    plugin_install(&config, &package(work.path(), "1.0.0", 0.1, Spoil::None));
+    let dir = work.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pole-4.png"), png(20, 20, 8)).unwrap();
+    // Killed after the event is queued, before the file moves (what a power cut can do).
+    let mut agent = Agent::start_with(
+        &["infer", "--mqtt", "127.0.0.1:1"],
+        &config,
+        Some("watch-queued:exit"),
+    );
+    let exit = agent.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(86), "the fault point exits: {}", agent.log());
+    assert!(dir.join("pole-4.png").is_file(), "not moved before the crash");
+    drop(agent);
+
+    let agent = start_service(&config);
+    wait_until("the image inferred again", Duration::from_secs(30), || {
+        dir.join("done/pole-4.png.json").is_file()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let messages = rt.block_on(async {
+        let outbox = agent::outbox::Outbox::open(&work.path().join("data/outbox-local.db"), u64::MAX)
+            .await
+            .unwrap();
+        outbox.after(0, 1000).await.unwrap()
+    });
+    let keys: Vec<String> = messages
+        .iter()
+        .filter(|m| m.topic.ends_with("/e/inspection"))
+        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .map(|e| e["idempotency_key"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        keys.len(),
+        2,
+        "one event per inference: {keys:?}\n{}",
+        agent.log()
+    );
+    assert_eq!(keys[0], keys[1], "the hub stores the photo once");
+    assert!(keys[0].starts_with("cam-watch-file-"), "{keys:?}");
+}

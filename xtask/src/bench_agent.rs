@@ -26,7 +26,7 @@
 //! `Content-Length`, so the client-side time ends with the answer's last byte).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use crate::bench::{python_env, read_json, release_cli};
 use crate::live::{Proc, http, load_average, memory};
 use crate::setup;
-use crate::util::{self, workspace_root};
+use crate::util::{self, path_str as s, workspace_root};
 
 const ADMIN: &str = "bench-agent-admin-token-0123456789";
 const DEVICE: &str = "bench-agent-1";
@@ -286,24 +286,9 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
 }
 
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
 /// Runs a command, capturing its output; fails with both streams.
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = util::captured(cmd)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

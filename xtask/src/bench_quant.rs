@@ -15,7 +15,7 @@
 //! nothing about calibration. Writes `bench/results/quantization.{json,md,svg}`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use crate::bench::{python_env, read_json, release_cli};
 use crate::live::load_average;
 use crate::setup;
-use crate::util::{self, workspace_root};
+use crate::util::{self, path_str as s, workspace_root};
 
 /// One quantized variant: label, file stem, and the arguments both tools get (ours and
 /// `bench/ort_quantize.py` take the same flags).
@@ -242,21 +242,8 @@ fn write_photos(path: &Path, n: usize, seed: u64) -> Result<()> {
 fn timed(cmd: &mut Command) -> Result<f64> {
     eprintln!("xtask: {cmd:?}");
     let t = Instant::now();
-    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
-    let s = t.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(s)
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
+    util::captured(cmd)?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 fn f(v: &Value) -> f64 {

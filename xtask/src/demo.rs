@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::live::{self, Proc};
 use crate::setup;
-use crate::util::{self, workspace_root};
+use crate::util::{self, path_str, workspace_root};
 
 const ADMIN: &str = "demo-admin-token-4f1c9a0b7e2d";
 const MODEL: &str = "vqi";
@@ -177,10 +177,6 @@ impl Demo {
 
 fn step(n: usize, text: &str) {
     eprintln!("\ndemo [{n}/8] {text}");
-}
-
-fn path_str(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
 }
 
 /// `cargo xtask demo [--keep-running]`

@@ -1,7 +1,7 @@
 //! Small helpers: running commands with clear errors, workspace paths, hashing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
@@ -62,6 +62,29 @@ pub fn release_build() -> Result<PathBuf> {
         "loadgen",
     ])?;
     Ok(target_dir()?.join("release"))
+}
+
+/// Runs a command with its output captured (stdin closed); fails with the command line and both
+/// streams on a non-zero exit.
+pub fn captured(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// A path as a command-line argument.
+pub fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
 }
 
 /// Runs a command, inheriting output; fails with the command line on a non-zero exit.

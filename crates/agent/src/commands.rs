@@ -131,12 +131,7 @@ impl Operations {
         tracing::info!(model = %journal.model, version = %journal.version, step = ?journal.step, "resuming an interrupted install");
         match journal.command {
             Some(cmd) => {
-                let op = proto::DeviceTopic::parse(&cmd.topic)
-                    .ok()
-                    .and_then(|t| match t.topic.channel() {
-                        proto::topic::Channel::Command { operation, .. } => Some(operation.clone()),
-                        _ => None,
-                    });
+                let op = command_op(&cmd.topic);
                 let payload = serde_json::to_vec(&cmd.payload).unwrap_or_default();
                 match op {
                     Some(op) => self.command(cmd.topic, op, &payload).await,
@@ -165,12 +160,7 @@ impl Operations {
             return;
         }
         let payload = serde_json::to_vec(&r.payload).unwrap_or_default();
-        let op = proto::DeviceTopic::parse(&r.topic)
-            .ok()
-            .and_then(|t| match t.topic.channel() {
-                proto::topic::Channel::Command { operation, .. } => Some(operation.clone()),
-                _ => None,
-            });
+        let op = command_op(&r.topic);
         let journal_pending = self.installer.store.journal().ok().flatten().is_some();
         match op {
             // An install in progress runs again: its journal counts attempts and rolls back.
@@ -431,6 +421,16 @@ impl Operations {
             }
         }
     }
+}
+
+/// The operation of a command topic (as recorded in the journal or `command.json`).
+fn command_op(topic: &str) -> Option<CommandOp> {
+    proto::DeviceTopic::parse(topic)
+        .ok()
+        .and_then(|t| match t.topic.channel() {
+            proto::topic::Channel::Command { operation, .. } => Some(operation.clone()),
+            _ => None,
+        })
 }
 
 fn generic_failed(generic: GenericCommand, reason: String) -> GenericCommand {

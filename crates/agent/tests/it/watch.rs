@@ -100,6 +100,20 @@ fn plugin_install(config: &Path, package: &Path) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// What the stopped service left in its outbox (the local broker was never reachable).
+fn queued(work: &Path) -> Vec<agent::outbox::Message> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let outbox = agent::outbox::Outbox::open(&work.join("data/outbox-local.db"), u64::MAX)
+            .await
+            .unwrap();
+        outbox.after(0, 1000).await.unwrap()
+    })
+}
+
 fn start_service(config: &Path) -> Agent {
     Agent::start_with(&["infer", "--mqtt", "127.0.0.1:1"], config, None)
 }
@@ -161,16 +175,7 @@ fn a_graceful_stop_with_a_watched_folder_keeps_the_final_inference_measurement()
     assert!(status.success());
     let exit = agent.child.wait().unwrap();
     assert!(exit.success(), "{exit}: {}", agent.log());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let messages = rt.block_on(async {
-        let outbox = agent::outbox::Outbox::open(&work.path().join("data/outbox-local.db"), u64::MAX)
-            .await
-            .unwrap();
-        outbox.after(0, 1000).await.unwrap()
-    });
+    let messages = queued(work.path());
     let measurement = messages
         .iter()
         .filter(|m| m.topic.ends_with("/m/inference"))
@@ -208,16 +213,7 @@ fn a_file_inferred_again_after_a_crash_keeps_its_idempotency_key() {
     wait_until("the image inferred again", Duration::from_secs(30), || {
         dir.join("done/pole-4.png.json").is_file()
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let messages = rt.block_on(async {
-        let outbox = agent::outbox::Outbox::open(&work.path().join("data/outbox-local.db"), u64::MAX)
-            .await
-            .unwrap();
-        outbox.after(0, 1000).await.unwrap()
-    });
+    let messages = queued(work.path());
     let keys: Vec<String> = messages
         .iter()
         .filter(|m| m.topic.ends_with("/e/inspection"))

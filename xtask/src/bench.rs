@@ -110,7 +110,7 @@ fn runtime(args: &[&str]) -> Result<()> {
         ["--runs", n] => n.parse().context("--runs takes a number")?,
         other => bail!("usage: cargo xtask bench runtime [--runs N] (got {other:?})"),
     };
-    setup::setup()?;
+    setup::setup_programs()?;
     let bin = release_cli()?;
     let py = python_env()?;
     let script = workspace_root().join("bench").join("ort_python.py");

@@ -253,7 +253,7 @@ fn f(v: &Value) -> f64 {
 /// `cargo xtask bench quantization [--runs N] [--models ...]`.
 pub fn run(args: &[&str]) -> Result<()> {
     let o = parse(args)?;
-    setup::setup()?;
+    setup::setup_programs()?;
     let bin = match &o.cli {
         Some(p) if p.is_file() => p.clone(),
         Some(p) => bail!("--cli {}: no such file", p.display()),

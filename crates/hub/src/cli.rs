@@ -1,5 +1,5 @@
-//! The `edgemlops-hub` command line: `serve` and `config-reference`. Errors print as one line
-//! (`edgemlops-hub: error: ...`) with exit code 1; usage errors exit with 2 (clap).
+//! The `edgemlops-hub` command line: `serve`, `migrate` and `config-reference`. Errors print as
+//! one line (`edgemlops-hub: error: ...`) with exit code 1; usage errors exit with 2 (clap).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +19,8 @@ use crate::config::{Config, LogConfig, Overrides, reference_markdown};
     about = "EdgeMLOps hub: REST API, device MQTT endpoint, model registry, commands, telemetry",
     after_help = "Examples:\n  edgemlops-hub serve --data-dir ./hub-data\n  \
                   edgemlops-hub serve --config hub.toml --http 0.0.0.0:8080 --mqtt 0.0.0.0:1883\n  \
+                  edgemlops-hub migrate --from sqlite://hub-data/hub.db --to postgres://hub@db/hub \\\n      \
+                  --from-blobs file://hub-data/blobs --to-blobs s3://models/hub --config hub.toml\n  \
                   edgemlops-hub config-reference > docs/hub-config.md"
 )]
 pub struct Cli {
@@ -37,6 +39,15 @@ pub enum Command {
                             (EDGEMLOPS_LOG=debug, EDGEMLOPS_LOG_FORMAT=json)."
     )]
     Serve(ServeArgs),
+    /// Copy a hub's data (rows and blobs) to other engines, e.g. SQLite + files to PostgreSQL + S3.
+    #[command(
+        after_help = "The target database is migrated to the current schema and must be empty \
+                            (a migration onto a hub that has data is refused); the source is only read. \
+                            Every table and blob is copied, then counted on both sides. Run it while the \
+                            source hub is stopped. S3 endpoint and credentials come from the [blobs] \
+                            section of --config (or AWS_* environment variables)."
+    )]
+    Migrate(crate::migrate::MigrateArgs),
     /// Print the reference of every configuration key (Markdown).
     ConfigReference,
 }
@@ -59,6 +70,14 @@ pub struct ServeArgs {
     /// API token of the admin user.
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
+    /// Database URL (`sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "EDGEMLOPS_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
 }
 
 fn init_logging(log: &LogConfig) {
@@ -95,6 +114,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http: args.http,
         mqtt: args.mqtt,
         admin_token: args.admin_token,
+        database_url: args.database_url,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     init_logging(&config.log);
@@ -112,6 +132,10 @@ pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Migrate(args) => {
+            init_logging(&LogConfig::default());
+            crate::migrate::run(&args)
+        }
         Command::ConfigReference => {
             print!("{}", reference_markdown());
             Ok(())

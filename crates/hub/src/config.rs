@@ -46,8 +46,16 @@ pub enum ConfigError {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Directory of the database, the blobs and temporary uploads.
+    /// Directory of temporary uploads, and by default of the database and the blobs.
     pub data_dir: PathBuf,
+    /// The database.
+    pub database: DatabaseConfig,
+    /// The blob store.
+    pub blobs: BlobsConfig,
+    /// Several hub nodes on one database.
+    pub cluster: ClusterConfig,
+    /// Commands to devices.
+    pub commands: CommandsConfig,
     /// HTTP API.
     pub http: HttpConfig,
     /// Device endpoint.
@@ -60,6 +68,85 @@ pub struct Config {
     pub assets: AssetsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[database]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://…`; empty: `sqlite://<data_dir>/hub.db`.
+    pub url: String,
+    /// Largest number of open connections.
+    pub max_connections: u32,
+    /// Seconds a query waits for a connection.
+    pub acquire_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 16,
+            acquire_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[blobs]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// `file://DIR` or `s3://BUCKET[/PREFIX]`; empty: `file://<data_dir>/blobs`.
+    pub url: String,
+    /// S3 endpoint.
+    pub endpoint: String,
+    /// S3 region.
+    pub region: String,
+    /// S3 access key id.
+    pub access_key_id: String,
+    /// S3 secret access key.
+    pub secret_access_key: String,
+}
+
+/// `[cluster]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id; empty: a random one per start.
+    pub node_id: String,
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: u64,
+    /// Seconds of silence after which a node is gone.
+    pub node_timeout_secs: u64,
+    /// Seconds between runs of the once-per-fleet work.
+    pub fleet_interval_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            heartbeat_secs: 2,
+            node_timeout_secs: 10,
+            fleet_interval_secs: 2,
+        }
+    }
+}
+
+/// `[commands]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// Seconds a command may stay without a final state before it fails as expired.
+    pub expire_after_secs: u64,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        Self {
+            expire_after_secs: 7 * 24 * 3600,
+        }
+    }
 }
 
 /// `[http]`
@@ -86,8 +173,10 @@ pub struct MqttConfig {
     pub tls_cert: PathBuf,
     /// Private key (PEM) of the TLS endpoint.
     pub tls_key: PathBuf,
-    /// Worker threads of the device endpoint.
+    /// Worker threads of the device endpoint (0: one per core).
     pub workers: usize,
+    /// CONNECTs checked at once.
+    pub max_connecting: usize,
     /// Largest accepted MQTT packet.
     pub max_packet_bytes: u32,
 }
@@ -140,6 +229,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("hub-data"),
+            database: DatabaseConfig::default(),
+            blobs: BlobsConfig::default(),
+            cluster: ClusterConfig::default(),
+            commands: CommandsConfig::default(),
             http: HttpConfig::default(),
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
@@ -167,7 +260,8 @@ impl Default for MqttConfig {
             tls_listen: String::new(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
-            workers: 1,
+            workers: 0,
+            max_connecting: 256,
             max_packet_bytes: 256 * 1024,
         }
     }
@@ -208,8 +302,83 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "data_dir",
         default: r#""hub-data""#,
-        doc: "Directory of the SQLite database (`hub.db`), package blobs (`blobs/`) and upload staging \
-              (`tmp/`); relative paths are relative to the working directory. `--data-dir` overrides.",
+        doc: "Directory of upload staging (`tmp/`) and, unless `database.url` and `blobs.url` say \
+              otherwise, of the SQLite database (`hub.db`) and the package blobs (`blobs/`); relative \
+              paths are relative to the working directory. `--data-dir` overrides.",
+    },
+    KeyDoc {
+        key: "database.url",
+        default: r#""""#,
+        doc: "The database: `sqlite://PATH` (embedded, one node) or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` \
+              (shared by any number of hub nodes). Empty: `sqlite://<data_dir>/hub.db`. The same migrations \
+              run on both. `--database-url` and the `EDGEMLOPS_DATABASE_URL` environment variable override \
+              (keep passwords out of files).",
+    },
+    KeyDoc {
+        key: "database.max_connections",
+        default: "16",
+        doc: "Largest number of open database connections of this node (SQLite uses at most 4).",
+    },
+    KeyDoc {
+        key: "database.acquire_timeout_secs",
+        default: "10",
+        doc: "Seconds a query waits for a database connection before it fails (the API answers 503, \
+              a device's publish is not acknowledged).",
+    },
+    KeyDoc {
+        key: "blobs.url",
+        default: r#""""#,
+        doc: "Where packages are stored: `file://DIR` or `s3://BUCKET[/PREFIX]` (any S3-compatible store). \
+              Empty: `file://<data_dir>/blobs`. Several hub nodes need a shared store (S3).",
+    },
+    KeyDoc {
+        key: "blobs.endpoint",
+        default: r#""""#,
+        doc: "S3 endpoint URL (`https://s3.example.com`, `http://127.0.0.1:3900`); empty: AWS. Buckets are \
+              addressed by path.",
+    },
+    KeyDoc {
+        key: "blobs.region",
+        default: r#""""#,
+        doc: "S3 region; empty: `AWS_REGION` or `us-east-1`.",
+    },
+    KeyDoc {
+        key: "blobs.access_key_id",
+        default: r#""""#,
+        doc: "S3 access key id; empty: the `AWS_ACCESS_KEY_ID` environment variable.",
+    },
+    KeyDoc {
+        key: "blobs.secret_access_key",
+        default: r#""""#,
+        doc: "S3 secret access key; empty: the `AWS_SECRET_ACCESS_KEY` environment variable.",
+    },
+    KeyDoc {
+        key: "cluster.node_id",
+        default: r#""""#,
+        doc: "This node's id among the hub nodes sharing the database; empty: a random id per start.",
+    },
+    KeyDoc {
+        key: "cluster.heartbeat_secs",
+        default: "2",
+        doc: "Seconds between this node's heartbeats in the database.",
+    },
+    KeyDoc {
+        key: "cluster.node_timeout_secs",
+        default: "10",
+        doc: "A node whose heartbeat is older than this is gone: its devices count as offline, and its \
+              sessions are forgotten.",
+    },
+    KeyDoc {
+        key: "cluster.fleet_interval_secs",
+        default: "2",
+        doc: "Seconds between runs of the once-per-fleet work (command expiry), which runs on the one node \
+              holding the fleet lock; another node takes the lock over within this time when that node dies.",
+    },
+    KeyDoc {
+        key: "commands.expire_after_secs",
+        default: "604800",
+        doc: "A command without a final state this long after its creation fails as expired (and its \
+              retained topic is cleared on a connected device).",
     },
     KeyDoc {
         key: "http.listen",
@@ -250,8 +419,14 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "mqtt.workers",
-        default: "1",
-        doc: "Threads that run device connections.",
+        default: "0",
+        doc: "Threads that run device connections; 0: one per core.",
+    },
+    KeyDoc {
+        key: "mqtt.max_connecting",
+        default: "256",
+        doc: "CONNECTs checked at once; more wait their turn (admission with back-pressure, so a \
+              reconnecting fleet does not overload the hub).",
     },
     KeyDoc {
         key: "mqtt.max_packet_bytes",
@@ -331,6 +506,8 @@ pub struct Overrides {
     pub mqtt: Option<String>,
     /// `--admin-token`
     pub admin_token: Option<String>,
+    /// `--database-url` (or `EDGEMLOPS_DATABASE_URL`)
+    pub database_url: Option<String>,
 }
 
 /// Addresses and paths ready to bind and open.
@@ -364,6 +541,9 @@ impl Config {
         }
         if let Some(t) = &overrides.admin_token {
             config.auth.admin_token.clone_from(t);
+        }
+        if let Some(u) = &overrides.database_url {
+            config.database.url.clone_from(u);
         }
         config.validate()?;
         Ok(config)
@@ -410,8 +590,49 @@ impl Config {
                 "at least one of mqtt.listen and mqtt.tls_listen must be set",
             ));
         }
-        if self.mqtt.workers == 0 || self.mqtt.workers > 64 {
-            return Err(value("mqtt.workers", &self.mqtt.workers, "must be 1 to 64"));
+        if self.mqtt.workers > 64 {
+            return Err(value(
+                "mqtt.workers",
+                &self.mqtt.workers,
+                "must be 0 (one per core) to 64",
+            ));
+        }
+        if self.mqtt.max_connecting == 0 {
+            return Err(value("mqtt.max_connecting", &0, "must be positive"));
+        }
+        let url = &self.database.url;
+        if !url.is_empty() {
+            crate::db::Engine::of_url(url)
+                .map_err(|reason| value("database.url", &crate::db::redact(url), &reason))?;
+        }
+        if self.database.max_connections == 0 {
+            return Err(value("database.max_connections", &0, "must be positive"));
+        }
+        let b = &self.blobs.url;
+        if !(b.is_empty() || b.starts_with("file://") || b.starts_with("s3://")) {
+            return Err(value("blobs.url", b, "must start with file:// or s3://"));
+        }
+        let e = &self.blobs.endpoint;
+        if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(value("blobs.endpoint", e, "must start with http:// or https://"));
+        }
+        let c = &self.cluster;
+        if c.heartbeat_secs == 0 || c.fleet_interval_secs == 0 {
+            return Err(value(
+                "cluster.heartbeat_secs",
+                &c.heartbeat_secs,
+                "cluster.heartbeat_secs and cluster.fleet_interval_secs must be positive",
+            ));
+        }
+        if c.node_timeout_secs < 2 * c.heartbeat_secs {
+            return Err(value(
+                "cluster.node_timeout_secs",
+                &c.node_timeout_secs,
+                "must be at least twice cluster.heartbeat_secs",
+            ));
+        }
+        if self.commands.expire_after_secs == 0 {
+            return Err(value("commands.expire_after_secs", &0, "must be positive"));
         }
         if self.mqtt.max_packet_bytes < 1024 {
             return Err(value(
@@ -553,11 +774,13 @@ mod tests {
             http: Some("127.0.0.1:0".into()),
             mqtt: Some("127.0.0.1:0".into()),
             admin_token: Some("0123456789abcdef0".into()),
+            database_url: Some("postgres://hub@db/hub".into()),
         };
         let c = Config::parse("[http]\nlisten = \"0.0.0.0:9\"\n", "t", &o).unwrap();
         assert_eq!(c.http.listen, "127.0.0.1:0");
         assert_eq!(c.data_dir, PathBuf::from("/d"));
         assert_eq!(c.auth.admin_token, "0123456789abcdef0");
+        assert_eq!(c.database.url, "postgres://hub@db/hub");
     }
 
     #[test]
@@ -565,7 +788,15 @@ mod tests {
         for (text, needle) in [
             ("[http]\nlisten = \"nowhere\"", "http.listen"),
             ("[http]\nlistn = \"x\"", "unknown field"),
-            ("[mqtt]\nworkers = 0", "mqtt.workers"),
+            ("[mqtt]\nworkers = 65", "mqtt.workers"),
+            ("[database]\nurl = \"mysql://x\"", "database.url"),
+            (
+                "[database]\nurl = \"postgres://u:pw@h/db\"\nmax_connections = 0",
+                "max_connections",
+            ),
+            ("[blobs]\nurl = \"gs://b\"", "blobs.url"),
+            ("[cluster]\nnode_timeout_secs = 1", "cluster.node_timeout_secs"),
+            ("[commands]\nexpire_after_secs = 0", "commands.expire_after_secs"),
             ("[mqtt]\ntls_listen = \"127.0.0.1:0\"", "tls_cert"),
             ("[mqtt]\nlisten = \"\"", "at least one"),
             ("[auth]\nadmin_token = \"short\"", "auth.admin_token"),

@@ -81,12 +81,25 @@ pub enum HubError {
     /// The hub is shutting down or a background task is gone.
     #[error("the hub is shutting down")]
     ShuttingDown,
+    /// A setting that cannot be used (found when it is used, e.g. an object store URL).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl HubError {
     /// `NotFound` shorthand.
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
         Self::NotFound { what, id: id.into() }
+    }
+
+    /// Whether the database or the object store cannot be reached right now (rather than
+    /// refusing what was asked): the API answers 503, a device's publish is not acknowledged.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Db { source, .. } => crate::db::is_unavailable(source),
+            Self::Blob { source, .. } => !matches!(source, object_store::Error::NotFound { .. }),
+            _ => false,
+        }
     }
 }
 

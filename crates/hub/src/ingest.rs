@@ -1,28 +1,27 @@
-//! What a device publishes, understood and stored: te/ messages become rows.
+//! What a device publishes, understood once and stored: te/ messages become rows.
 //!
 //! [`DeviceMessage::parse`] reads a publish (topic already checked by the gateway) into a typed
-//! message, refusing malformed payloads. [`Writer`] stores messages: one task owns the writes and
-//! commits them in batches (group commit), and each sender waits for the commit of its batch. A
-//! QoS 1 publish is acknowledged only after that wait returns, so an acknowledged message is in
-//! the database even if the hub is killed the next instant (see `db::open` for the durability).
+//! message, refusing malformed payloads; an inspection result and a software list are parsed
+//! here, once, for the domains that store them. [`Writer`] stores messages: one task owns the
+//! writes and commits them in batches (group commit), and each sender waits for the commit of its
+//! batch. A QoS 1 publish is acknowledged only after that wait returns, so an acknowledged message
+//! is in the database even if the hub is killed the next instant (see `db::Db::open` for the
+//! durability of each engine). Each domain owns how its rows are written (`telemetry`,
+//! `devices::store`, `commands::store`, `assets`); this module batches and dispatches.
 
-use proto::command::{CommandOp, CommandStatus, GenericCommand, SoftwareList, SoftwareUpdate, StatusChange};
+use proto::command::{CommandOp, CommandStatus, GenericCommand, SoftwareList};
+use proto::edgemlops::{INSPECTION_EVENT, InspectionEvent};
 use proto::telemetry::{Alarm, EntityRegistration, Event, Health, Measurement, parse_twin};
 use proto::topic::Channel;
 use proto::{DeviceId, DeviceTopic, PayloadError, Retained};
-use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::assets::AssetRules;
-use crate::db::Pool;
-use crate::stdx::{new_id, now_ms};
-
-/// Kind of a retained per-entity value in `entity_values`.
-pub const KIND_TWIN: &str = "twin";
-/// Capability (`cmd/<op>`).
-pub const KIND_CMD: &str = "cmd";
-/// Health (`status/health`).
-pub const KIND_HEALTH: &str = "health";
+use crate::assets::{self, AssetRules};
+use crate::commands::store::{self as command_store, StateApplied};
+use crate::db::{Db, Tx, is_retryable};
+use crate::devices::store::{self as device_store, KIND_CMD, KIND_HEALTH, KIND_TWIN, SessionChange};
+use crate::stdx::now_ms;
+use crate::telemetry::{self, AlarmRaise, NewEvent, NewMeasurement};
 
 /// A device publish, understood.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,6 +52,9 @@ pub enum DeviceMessage {
         /// The sender's idempotency key (`idempotency_key`): a second event with the same key from
         /// the same device is not stored again.
         idempotency_key: Option<String>,
+        /// An `e/inspection` result, for the asset register (`None` for other events, and for
+        /// an inspection event that does not follow the schema: stored as a plain event).
+        inspection: Option<Box<InspectionEvent>>,
         /// JSON as received.
         payload: String,
     },
@@ -106,6 +108,8 @@ pub enum DeviceMessage {
         status: CommandStatus,
         /// Failure reason.
         reason: Option<String>,
+        /// The installed software, in a successful `software_list`.
+        software: Option<SoftwareList>,
         /// JSON as received.
         payload: String,
     },
@@ -138,6 +142,17 @@ impl DeviceMessage {
             }
             Channel::Event { event_type } => {
                 let e = Event::parse(payload)?;
+                let inspection = if event_type == INSPECTION_EVENT {
+                    match InspectionEvent::parse(payload) {
+                        Ok(i) => Some(Box::new(i)),
+                        Err(err) => {
+                            tracing::warn!(device = %topic.device, error = %err, "inspection event not understood; stored as a plain event");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
                 Self::Event {
                     topic_id,
                     event_type: event_type.clone(),
@@ -148,6 +163,7 @@ impl DeviceMessage {
                         .and_then(|k| k.as_str())
                         .map(str::to_owned),
                     text: e.text,
+                    inspection,
                     payload: text(payload),
                 }
             }
@@ -194,6 +210,10 @@ impl DeviceMessage {
             },
             Channel::Command { operation, cmd_id } => match GenericCommand::parse(payload)? {
                 Retained::Value(c) => Self::CommandState {
+                    software: (*operation == CommandOp::SoftwareList
+                        && c.status == CommandStatus::Successful)
+                        .then(|| serde_json::from_slice::<SoftwareList>(payload).ok())
+                        .flatten(),
                     operation: operation.clone(),
                     cmd_id: cmd_id.clone(),
                     status: c.status,
@@ -226,7 +246,7 @@ pub enum Outcome {
 /// Why a message was not stored.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum WriteError {
-    /// The database refused the batch.
+    /// The database refused the batch (or cannot be reached).
     #[error("storing device messages failed: {0}")]
     Database(String),
     /// The writer has stopped (shutdown).
@@ -234,14 +254,27 @@ pub enum WriteError {
     Stopped,
 }
 
+/// What the writer stores.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// A device message.
+    Message(DeviceMessage),
+    /// A connection of the device started or ended (its session row, its `last_seen`).
+    Session(SessionChange),
+}
+
 struct Job {
     device: DeviceId,
-    message: DeviceMessage,
+    write: Write,
     done: oneshot::Sender<Result<Outcome, WriteError>>,
 }
 
 /// Largest number of messages committed in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// How often a batch that failed with a transient conflict (PostgreSQL deadlock or serialization
+/// failure between nodes) is run again before its senders get the error.
+const RETRIES: usize = 3;
 
 /// The single writer of device messages.
 #[derive(Clone, Debug)]
@@ -260,24 +293,24 @@ impl std::fmt::Debug for Job {
 impl Writer {
     /// Starts the writer task on the current tokio runtime; it ends when every [`Writer`] clone
     /// is dropped and the queue is drained (the returned handle completes then).
-    pub fn start(pool: Pool) -> (Self, tokio::task::JoinHandle<()>) {
-        Self::start_with(pool, AssetRules::default())
-    }
-
-    /// [`Writer::start`] with the asset register's update rule settings.
-    pub fn start_with(pool: Pool, rules: AssetRules) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(db: Db, rules: AssetRules) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH);
-        let task = tokio::spawn(run(pool, rules, rx));
+        let task = tokio::spawn(run(db, rules, rx));
         (Self { tx }, task)
     }
 
     /// Stores a message and returns after its transaction committed.
     pub async fn store(&self, device: &DeviceId, message: DeviceMessage) -> Result<Outcome, WriteError> {
+        self.write(device, Write::Message(message)).await
+    }
+
+    /// Stores `write` and returns after its transaction committed.
+    pub async fn write(&self, device: &DeviceId, write: Write) -> Result<Outcome, WriteError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job {
                 device: device.clone(),
-                message,
+                write,
                 done,
             })
             .await
@@ -286,10 +319,19 @@ impl Writer {
     }
 }
 
-async fn run(pool: Pool, rules: AssetRules, mut rx: mpsc::Receiver<Job>) {
+async fn run(db: Db, rules: AssetRules, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = write_batch(&pool, &rules, &batch).await;
+        let mut result = write_batch(&db, &rules, &batch).await;
+        for _ in 0..RETRIES {
+            match &result {
+                Err(e) if is_retryable(e) => {
+                    tracing::info!(error = %e, "device message batch conflicted with another node's; running it again");
+                    result = write_batch(&db, &rules, &batch).await;
+                }
+                _ => break,
+            }
+        }
         match result {
             Ok(outcomes) => {
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
@@ -306,79 +348,84 @@ async fn run(pool: Pool, rules: AssetRules, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-async fn write_batch(pool: &Pool, rules: &AssetRules, batch: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
-    let mut tx = crate::db::begin_write(pool).await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
+async fn write_batch(db: &Db, rules: &AssetRules, batch: &[Job]) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut tx = db.begin_write().await?;
     let now = now_ms();
+    // Measurements, the bulk of the traffic, go in multi-row statements; the rest one by one, in
+    // order. They touch different tables, so the order between the two does not matter.
+    let measurements: Vec<NewMeasurement<'_>> = batch
+        .iter()
+        .filter_map(|job| match &job.write {
+            Write::Message(DeviceMessage::Measurement {
+                topic_id,
+                measurement_type,
+                time,
+                device_time,
+                payload,
+            }) => Some(NewMeasurement {
+                device: job.device.as_str(),
+                topic_id,
+                measurement_type,
+                time: *time,
+                sent_time: device_time.then_some(*time),
+                payload,
+            }),
+            _ => None,
+        })
+        .collect();
+    telemetry::write_measurements(&mut tx, &measurements, now).await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
-        outcomes.push(apply(&mut tx, rules, &job.device, &job.message, now).await?);
+        outcomes.push(apply(&mut tx, rules, &job.device, &job.write, now).await?);
     }
     tx.commit().await?;
     Ok(outcomes)
 }
 
 async fn apply(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx,
     rules: &AssetRules,
     device: &DeviceId,
-    message: &DeviceMessage,
+    write: &Write,
     now: i64,
 ) -> Result<Outcome, sqlx::Error> {
     let dev = device.as_str();
-    match message {
-        DeviceMessage::Measurement {
-            topic_id,
-            measurement_type,
-            time,
-            device_time,
-            payload,
-        } => {
-            // A measurement that carries its own `time` is identified by (device, entity, type,
-            // that time): `sent_time` is unique per device, entity and type (migration 0004), so a
-            // copy sent again after a lost acknowledgement is dropped here but still acknowledged.
-            // Without a `time` it gets its reception time and a NULL `sent_time`, which never
-            // conflicts: such measurements cannot be told apart from repeats, so all are kept.
-            sqlx::query(
-                "INSERT INTO measurements (device_id, topic_id, measurement_type, time, sent_time, received_at, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            )
-            .bind(dev)
-            .bind(topic_id)
-            .bind(measurement_type)
-            .bind(time)
-            .bind(device_time.then_some(*time))
-            .bind(now)
-            .bind(payload)
-            .execute(&mut **tx)
-            .await?;
+    let message = match write {
+        Write::Session(change) => {
+            device_store::write_session(tx, dev, change, now).await?;
+            return Ok(Outcome::Stored);
         }
+        Write::Message(m) => m,
+    };
+    match message {
+        // Written for the whole batch by `write_batch`.
+        DeviceMessage::Measurement { .. } | DeviceMessage::Ignored => {}
         DeviceMessage::Event {
             topic_id,
             event_type,
             time,
             text,
             idempotency_key,
+            inspection,
             payload,
         } => {
-            // A repeat (same device, same key) is dropped here but still acknowledged: the sender
-            // only needs to know the event is stored.
-            let stored = sqlx::query(
-                "INSERT INTO events (device_id, topic_id, event_type, time, received_at, text, payload, \
-                 idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            let stored = telemetry::write_event(
+                tx,
+                &NewEvent {
+                    device: dev,
+                    topic_id,
+                    event_type,
+                    time: *time,
+                    text: text.as_deref(),
+                    idempotency_key: idempotency_key.as_deref(),
+                    payload,
+                },
+                now,
             )
-            .bind(dev)
-            .bind(topic_id)
-            .bind(event_type)
-            .bind(time)
-            .bind(now)
-            .bind(text)
-            .bind(payload)
-            .bind(idempotency_key)
-            .execute(&mut **tx)
             .await?;
             // A repeat changes nothing; a new inspection result is applied to its asset.
-            if stored.rows_affected() > 0 && event_type == proto::edgemlops::INSPECTION_EVENT {
-                crate::assets::record_inspection(tx, rules, dev, topic_id, payload, now).await?;
+            if stored && let Some(event) = inspection {
+                assets::record_inspection(tx, rules, dev, topic_id, event, payload, now).await?;
             }
         }
         DeviceMessage::AlarmRaised {
@@ -389,121 +436,41 @@ async fn apply(
             time,
             payload,
         } => {
-            // A raise of an alarm that is already active updates it (thin-edge republishes
-            // retained alarms on reconnect); otherwise it opens a new row.
-            let updated = sqlx::query(
-                "UPDATE alarms SET severity = $1, text = $2, payload = $3, updated_at = $4 \
-                 WHERE device_id = $5 AND topic_id = $6 AND alarm_type = $7 AND cleared_at IS NULL \
-                 AND asset_id IS NULL",
-            )
-            .bind(severity)
-            .bind(text)
-            .bind(payload)
-            .bind(now)
-            .bind(dev)
-            .bind(topic_id)
-            .bind(alarm_type)
-            .execute(&mut **tx)
-            .await?;
-            if updated.rows_affected() == 0 {
-                sqlx::query(
-                    "INSERT INTO alarms (id, device_id, topic_id, alarm_type, severity, text, payload, raised_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(new_id("a-"))
-                .bind(dev)
-                .bind(topic_id)
-                .bind(alarm_type)
-                .bind(severity)
-                .bind(text)
-                .bind(payload)
-                .bind(time)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-            }
+            let raise = AlarmRaise {
+                severity,
+                text: text.as_deref(),
+                time: *time,
+                payload,
+            };
+            telemetry::write_alarm(tx, dev, topic_id, alarm_type, Some(&raise), now).await?;
         }
         DeviceMessage::AlarmCleared { topic_id, alarm_type } => {
-            sqlx::query(
-                "UPDATE alarms SET cleared_at = $1, updated_at = $1 \
-                 WHERE device_id = $2 AND topic_id = $3 AND alarm_type = $4 AND cleared_at IS NULL \
-                 AND asset_id IS NULL",
-            )
-            .bind(now)
-            .bind(dev)
-            .bind(topic_id)
-            .bind(alarm_type)
-            .execute(&mut **tx)
-            .await?;
+            telemetry::write_alarm(tx, dev, topic_id, alarm_type, None, now).await?;
         }
         DeviceMessage::Registration {
             topic_id,
             registration,
-        } => match registration {
-            Some((entity_type, payload)) => {
-                sqlx::query(
-                    "INSERT INTO entities (device_id, topic_id, entity_type, registration, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, topic_id) DO UPDATE SET \
-                     entity_type = excluded.entity_type, registration = excluded.registration, \
-                     updated_at = excluded.updated_at",
-                )
-                .bind(dev)
-                .bind(topic_id)
-                .bind(entity_type)
-                .bind(payload)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-            }
-            None => {
-                sqlx::query("DELETE FROM entities WHERE device_id = $1 AND topic_id = $2")
-                    .bind(dev)
-                    .bind(topic_id)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        },
+        } => {
+            let registration = registration.as_ref().map(|(t, p)| (t.as_str(), p.as_str()));
+            device_store::write_entity(tx, dev, topic_id, registration, now).await?;
+        }
         DeviceMessage::EntityValue {
             topic_id,
             kind,
             name,
             value,
-        } => match value {
-            Some(value) => {
-                sqlx::query(
-                    "INSERT INTO entity_values (device_id, topic_id, kind, name, value, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id, topic_id, kind, name) \
-                     DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                )
-                .bind(dev)
-                .bind(topic_id)
-                .bind(*kind)
-                .bind(name)
-                .bind(value)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-            }
-            None => {
-                sqlx::query(
-                    "DELETE FROM entity_values WHERE device_id = $1 AND topic_id = $2 AND kind = $3 AND name = $4",
-                )
-                .bind(dev)
-                .bind(topic_id)
-                .bind(*kind)
-                .bind(name)
-                .execute(&mut **tx)
-                .await?;
-            }
-        },
+        } => {
+            device_store::write_entity_value(tx, dev, topic_id, kind, name, value.as_deref(), now).await?;
+        }
         DeviceMessage::CommandState {
             operation,
             cmd_id,
             status,
             reason,
+            software,
             payload,
         } => {
-            return apply_command_state(
+            let applied = command_store::apply_state(
                 tx,
                 device,
                 operation,
@@ -511,173 +478,19 @@ async fn apply(
                 status,
                 reason.as_deref(),
                 payload,
+                software.as_ref(),
                 now,
             )
-            .await;
+            .await?;
+            if applied == StateApplied::Finished {
+                return Ok(Outcome::CommandFinished {
+                    cmd_id: cmd_id.clone(),
+                    operation: operation.clone(),
+                });
+            }
         }
-        DeviceMessage::Ignored => {}
     }
     Ok(Outcome::Stored)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn apply_command_state(
-    tx: &mut Transaction<'_, Sqlite>,
-    device: &DeviceId,
-    operation: &CommandOp,
-    cmd_id: &str,
-    reported: &CommandStatus,
-    reason: Option<&str>,
-    payload: &str,
-    now: i64,
-) -> Result<Outcome, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT status, request FROM commands WHERE id = $1 AND device_id = $2 AND operation = $3",
-    )
-    .bind(cmd_id)
-    .bind(device.as_str())
-    .bind(operation.as_str())
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(row) = row else {
-        // Not a command this hub sent (another requester's, or one that was deleted): ignored,
-        // as te/ participants ignore commands that are not theirs.
-        tracing::debug!(device = %device, cmd_id, "state of an unknown command ignored");
-        return Ok(Outcome::Stored);
-    };
-    let current = CommandStatus::parse(row.get::<&str, _>(0));
-    let request: String = row.get(1);
-    let finished = Outcome::CommandFinished {
-        cmd_id: cmd_id.to_owned(),
-        operation: operation.clone(),
-    };
-    match current.accept(reported) {
-        StatusChange::Advanced => {}
-        // A final state repeated: the device did not see our clear (or republished its
-        // retained state after a reconnect); clear again.
-        StatusChange::Repeated if reported.is_final() => return Ok(finished),
-        StatusChange::Repeated | StatusChange::Ignored(_) => return Ok(Outcome::Stored),
-    }
-    sqlx::query(
-        "UPDATE commands SET status = $1, reason = $2, response = $3, updated_at = $4, \
-         cleared_at = CASE WHEN $5 = 1 THEN $4 ELSE cleared_at END WHERE id = $6",
-    )
-    .bind(reported.as_str())
-    .bind(reason)
-    .bind(payload)
-    .bind(now)
-    .bind(i64::from(reported.is_final()))
-    .bind(cmd_id)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO command_transitions (command_id, seq, status, reason, at) \
-         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM command_transitions WHERE command_id = $1",
-    )
-    .bind(cmd_id)
-    .bind(reported.as_str())
-    .bind(reason)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    if *reported == CommandStatus::Successful {
-        record_inventory(tx, device, operation, cmd_id, &request, payload, now).await?;
-    }
-    Ok(if reported.is_final() {
-        finished
-    } else {
-        Outcome::Stored
-    })
-}
-
-/// Keeps `installed_software` and `model_installs` current after a successful command.
-async fn record_inventory(
-    tx: &mut Transaction<'_, Sqlite>,
-    device: &DeviceId,
-    operation: &CommandOp,
-    cmd_id: &str,
-    request: &str,
-    payload: &str,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    let dev = device.as_str();
-    match operation {
-        CommandOp::SoftwareList => {
-            let Ok(list) = serde_json::from_str::<SoftwareList>(payload) else {
-                return Ok(());
-            };
-            sqlx::query("DELETE FROM installed_software WHERE device_id = $1")
-                .bind(dev)
-                .execute(&mut **tx)
-                .await?;
-            for group in &list.current_software_list {
-                for m in &group.modules {
-                    sqlx::query(
-                        "INSERT INTO installed_software (device_id, software_type, name, version, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, software_type, name) \
-                         DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
-                    )
-                    .bind(dev)
-                    .bind(&group.software_type)
-                    .bind(&m.name)
-                    .bind(&m.version)
-                    .bind(now)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-            }
-        }
-        CommandOp::SoftwareUpdate => {
-            // What was installed is what the hub asked for (the request), not what the device
-            // echoes back.
-            let Ok(update) = serde_json::from_str::<SoftwareUpdate>(request) else {
-                return Ok(());
-            };
-            for (software_type, m) in update.modules() {
-                match m.action {
-                    proto::command::ModuleAction::Install => {
-                        sqlx::query(
-                            "INSERT INTO installed_software (device_id, software_type, name, version, updated_at) \
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, software_type, name) \
-                             DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
-                        )
-                        .bind(dev)
-                        .bind(software_type)
-                        .bind(&m.name)
-                        .bind(&m.version)
-                        .bind(now)
-                        .execute(&mut **tx)
-                        .await?;
-                        if software_type == proto::edgemlops::SOFTWARE_TYPE {
-                            sqlx::query(
-                                "INSERT INTO model_installs (device_id, model, version, command_id, installed_at) \
-                                 VALUES ($1, $2, $3, $4, $5)",
-                            )
-                            .bind(dev)
-                            .bind(&m.name)
-                            .bind(m.version.as_deref().unwrap_or_default())
-                            .bind(cmd_id)
-                            .bind(now)
-                            .execute(&mut **tx)
-                            .await?;
-                        }
-                    }
-                    proto::command::ModuleAction::Remove => {
-                        sqlx::query(
-                            "DELETE FROM installed_software WHERE device_id = $1 AND software_type = $2 AND name = $3",
-                        )
-                        .bind(dev)
-                        .bind(software_type)
-                        .bind(&m.name)
-                        .execute(&mut **tx)
-                        .await?;
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -753,11 +566,16 @@ mod tests {
         ));
     }
 
+    async fn temp_db(dir: &tempfile::TempDir) -> Db {
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        Db::open(&url, crate::db::DbOptions::default()).await.unwrap()
+    }
+
     #[tokio::test]
     async fn a_repeated_measurement_is_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = crate::db::open(&dir.path().join("hub.db")).await.unwrap();
-        let (writer, _task) = Writer::start(pool.clone());
+        let db = temp_db(&dir).await;
+        let (writer, _task) = Writer::start(db.clone(), AssetRules::default());
         let device = DeviceId::new("d").unwrap();
         let other = DeviceId::new("e").unwrap();
         let main = "devices/d/te/device/main///m/inference";
@@ -781,7 +599,7 @@ mod tests {
         let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
             "SELECT device_id, topic_id, measurement_type, time, payload FROM measurements ORDER BY rowid",
         )
-        .fetch_all(&pool)
+        .fetch_all(db.pool())
         .await
         .unwrap();
         let counts: Vec<(&str, &str, &str, String)> = rows
@@ -821,11 +639,11 @@ mod tests {
     #[tokio::test]
     async fn a_repeated_event_with_the_same_idempotency_key_is_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = crate::db::open(&dir.path().join("hub.db")).await.unwrap();
-        let (writer, _task) = Writer::start(pool.clone());
+        let db = temp_db(&dir).await;
+        let (writer, _task) = Writer::start(db.clone(), AssetRules::default());
         let device = DeviceId::new("d").unwrap();
         let other = DeviceId::new("e").unwrap();
-        let topic = "devices/d/te/device/main///e/inspection";
+        let topic = "devices/d/te/device/main///e/maintenance";
         let keyed = r#"{"text":"t","idempotency_key":"k-1"}"#;
         let first = parse(topic, keyed).unwrap();
         assert!(
@@ -844,7 +662,7 @@ mod tests {
         }
         let rows: Vec<(String, Option<String>)> =
             sqlx::query_as("SELECT device_id, idempotency_key FROM events ORDER BY rowid")
-                .fetch_all(&pool)
+                .fetch_all(db.pool())
                 .await
                 .unwrap();
         let expected = [

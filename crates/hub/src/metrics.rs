@@ -41,9 +41,20 @@ pub struct Metrics {
     pub packages_stored: Counter,
 }
 
+/// Values measured when the metrics are read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    /// Devices connected to this node.
+    pub devices_online: usize,
+    /// Whether this node runs the once-per-fleet work.
+    pub fleet_leader: bool,
+    /// Devices whose credentials are cached.
+    pub credentials_cached: usize,
+}
+
 impl Metrics {
     /// The exposition text, with the gauges the caller measures now.
-    pub fn render(&self, devices_online: usize) -> String {
+    pub fn render(&self, gauges: &Gauges) -> String {
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
@@ -51,8 +62,20 @@ impl Metrics {
         metric(
             "edgemlops_hub_devices_online",
             "gauge",
-            "Devices connected to the device endpoint.",
-            devices_online as u64,
+            "Devices connected to this node's device endpoint.",
+            gauges.devices_online as u64,
+        );
+        metric(
+            "edgemlops_hub_fleet_leader",
+            "gauge",
+            "1 while this node runs the once-per-fleet work (command expiry), else 0.",
+            u64::from(gauges.fleet_leader),
+        );
+        metric(
+            "edgemlops_hub_credentials_cached",
+            "gauge",
+            "Devices whose token hash is cached.",
+            gauges.credentials_cached as u64,
         );
         for (name, help, c) in [
             (

@@ -1,13 +1,14 @@
 //! The device endpoint: MQTT 3.1.1 and 5 with ntex-mqtt, plain and (optionally) TLS with rustls.
 //!
 //! ntex runs its own single-threaded runtimes (on tokio, the `tokio` feature of `ntex-net`), so
-//! the endpoint lives on a thread of its own with `mqtt.workers` worker threads; it reaches the
-//! rest of the hub through [`Hub`] (thread-safe) and receives messages for devices through the
-//! [`crate::transport::Connections`] registry. Per connection:
+//! the endpoint lives on a thread of its own with `mqtt.workers` worker threads (one per core by
+//! default); it reaches the rest of the hub through the [`Gateway`] (thread-safe) and receives
+//! messages for devices through the [`crate::transport::Connections`] registry. Per connection:
 //!
-//! - CONNECT is checked by [`Hub::authenticate_device`]; a refusal becomes the protocol's return
-//!   code (v3.1.1) or reason code (v5).
-//! - PUBLISH is checked and stored by [`Hub::ingest`] before the handler returns, and ntex-mqtt
+//! - CONNECT waits for an admission turn ([`Gateway::admit`]), then is checked by
+//!   [`Gateway::authenticate_device`]; a refusal becomes the protocol's return code (v3.1.1) or
+//!   reason code (v5).
+//! - PUBLISH is checked and stored by [`Gateway::ingest`] before the handler returns, and ntex-mqtt
 //!   sends PUBACK only when it returns: QoS 1 is acknowledged after storing. A topic outside the
 //!   prefix gets PUBACK 0x87 (v5, QoS 1) or a disconnect (v5 QoS 0: DISCONNECT 0x87; v3.1.1).
 //! - SUBSCRIBE outside the prefix: SUBACK 0x87 per filter (v5), disconnect (v3.1.1). Accepted
@@ -28,8 +29,7 @@ use ntex_mqtt::{Control, MqttServer, MqttServiceConfig, QoS, Reason, v3, v5};
 use ntex_service::cfg::SharedCfg;
 use proto::DeviceId;
 
-use crate::auth;
-use crate::state::{ConnectRefusal, Hub, PublishRefusal};
+use crate::gateway::{ConnectRefusal, Gateway, PublishRefusal};
 use crate::transport::{CloseReason, Outbound, filter_matches};
 
 /// Why a connection's handler failed; decides how the connection ends.
@@ -111,7 +111,7 @@ impl Sink {
 
 /// The state of one device connection (lives on its worker thread).
 struct DeviceSession {
-    hub: Arc<Hub>,
+    gateway: Arc<Gateway>,
     device: DeviceId,
     sink: Sink,
     subscriptions: Rc<RefCell<Vec<String>>>,
@@ -119,6 +119,8 @@ struct DeviceSession {
     graceful: Rc<Cell<bool>>,
     /// This connection's id in the hub's registry of live connections.
     connection: u64,
+    /// When it was registered, ms.
+    registered_at: i64,
 }
 
 impl DeviceSession {
@@ -151,20 +153,23 @@ fn deliver(sink: &Sink, subscriptions: &RefCell<Vec<String>>, device: &DeviceId,
 /// Accepts a device: registers the connection, starts the task that writes hub messages to it
 /// and the one that cleans up (last will, registry) when it ends.
 fn accept(
-    hub: &Arc<Hub>,
+    gateway: &Arc<Gateway>,
     device: DeviceId,
     sink: Sink,
     io: &ntex_io::IoBoxed,
     will: Option<(String, Vec<u8>)>,
 ) -> DeviceSession {
-    let (conn, mut rx) = hub.connections.register(&device);
+    let registration = gateway.register(&device);
+    let conn = registration.id;
+    let mut rx = registration.rx;
     let session = DeviceSession {
-        hub: hub.clone(),
+        gateway: gateway.clone(),
         device: device.clone(),
         sink: sink.clone(),
         subscriptions: Rc::default(),
         graceful: Rc::default(),
         connection: conn,
+        registered_at: registration.at,
     };
     let subscriptions = session.subscriptions.clone();
     let writer_device = device.clone();
@@ -179,35 +184,41 @@ fn accept(
     });
     let disconnected = io.on_disconnect();
     let graceful = session.graceful.clone();
-    let hub = hub.clone();
+    let gateway = gateway.clone();
     ntex_rt::spawn(async move {
         disconnected.await;
-        // A connection taken over by a newer one of the same device does not publish its will:
-        // the device is evidently alive (as with MQTT 5's will delay, which a reconnect cancels),
-        // and a will stored now could land after what the new connection reported already
-        // (health "down" after "up").
-        let live = hub.connections.unregister(&device, conn);
+        // A connection taken over by a newer one of the same device (on this node or another)
+        // does not publish its will: the device is evidently alive (as with MQTT 5's will delay,
+        // which a reconnect cancels), and a will stored now could land after what the new
+        // connection reported already (health "down" after "up").
+        let live = gateway.unregister(&device, conn);
         if live
             && !graceful.get()
             && let Some((topic, payload)) = will
         {
-            match hub.ingest(&device, &topic, &payload).await {
+            match gateway.ingest(&device, &topic, &payload).await {
                 Ok(_) => tracing::info!(device = %device, %topic, "last will stored"),
                 Err(e) => tracing::warn!(device = %device, %topic, error = %e, "last will not stored"),
             }
         }
-        hub.device_disconnected(&device, live).await;
+        gateway.disconnected(&device, conn, live).await;
     });
     session
 }
 
-async fn connect_v3(hub: Arc<Hub>, c: v3::Connect) -> Result<v3::ConnectAck<DeviceSession>, EndpointError> {
+async fn connect_v3(
+    gateway: Arc<Gateway>,
+    c: v3::Connect,
+) -> Result<v3::ConnectAck<DeviceSession>, EndpointError> {
+    let Some(_turn) = gateway.admit().await else {
+        return Ok(c.service_unavailable());
+    };
     let p = c.packet();
     let will = p
         .last_will
         .as_ref()
         .map(|w| (w.topic.to_string(), w.message.to_vec()));
-    let checked = hub
+    let checked = gateway
         .authenticate_device(
             &p.client_id,
             p.username.as_deref(),
@@ -222,22 +233,33 @@ async fn connect_v3(hub: Arc<Hub>, c: v3::Connect) -> Result<v3::ConnectAck<Devi
         Err(ConnectRefusal::NotAuthorized(_)) => return Ok(c.not_authorized()),
         Err(ConnectRefusal::Unavailable(_)) => return Ok(c.service_unavailable()),
     };
-    let session = accept(&hub, device.clone(), Sink::V3(c.sink()), c.io(), will);
-    if !still_authorized(&hub, &session, p.password.as_deref()).await {
+    let session = accept(&gateway, device.clone(), Sink::V3(c.sink()), c.io(), will);
+    if !gateway
+        .still_authorized(&device, session.connection, p.password.as_deref())
+        .await
+    {
         return Ok(c.bad_username_or_pwd());
     }
-    hub.device_connected(&device).await;
+    gateway
+        .connected(&device, session.connection, session.registered_at)
+        .await;
     Ok(c.ack(session, false))
 }
 
-async fn connect_v5(hub: Arc<Hub>, c: v5::Connect) -> Result<v5::ConnectAck<DeviceSession>, EndpointError> {
+async fn connect_v5(
+    gateway: Arc<Gateway>,
+    c: v5::Connect,
+) -> Result<v5::ConnectAck<DeviceSession>, EndpointError> {
     use v5::codec::ConnectAckReason as R;
+    let Some(_turn) = gateway.admit().await else {
+        return Ok(c.failed(R::ServerUnavailable));
+    };
     let p = c.packet();
     let will = p
         .last_will
         .as_ref()
         .map(|w| (w.topic.to_string(), w.message.to_vec()));
-    let checked = hub
+    let checked = gateway
         .authenticate_device(
             &p.client_id,
             p.username.as_deref(),
@@ -252,39 +274,23 @@ async fn connect_v5(hub: Arc<Hub>, c: v5::Connect) -> Result<v5::ConnectAck<Devi
         Err(ConnectRefusal::NotAuthorized(_)) => return Ok(c.failed(R::NotAuthorized)),
         Err(ConnectRefusal::Unavailable(_)) => return Ok(c.failed(R::ServerUnavailable)),
     };
-    let session = accept(&hub, device.clone(), Sink::V5(c.sink()), c.io(), will);
-    if !still_authorized(&hub, &session, p.password.as_deref()).await {
+    let session = accept(&gateway, device.clone(), Sink::V5(c.sink()), c.io(), will);
+    if !gateway
+        .still_authorized(&device, session.connection, p.password.as_deref())
+        .await
+    {
         return Ok(c.failed(R::BadUserNameOrPassword));
     }
-    hub.device_connected(&device).await;
+    gateway
+        .connected(&device, session.connection, session.registered_at)
+        .await;
     Ok(c.ack(session))
-}
-
-/// Checks the device token again once the connection is registered. A token revoked between
-/// the first check and the registration would otherwise keep this connection: the revocation
-/// commits, then closes whatever connection is registered at that moment, which was not yet this
-/// one. Checked after registering, every order is covered. A refused connection is unregistered
-/// first, so it neither stays online nor publishes its last will.
-async fn still_authorized(hub: &Hub, session: &DeviceSession, password: Option<&[u8]>) -> bool {
-    let device = &session.device;
-    let valid = match password {
-        Some(p) => auth::check_device_token(&hub.pool, device, p)
-            .await
-            .inspect_err(|e| tracing::warn!(device = %device, error = %e, "cannot re-check the token"))
-            .unwrap_or(false),
-        None => false,
-    };
-    if !valid {
-        hub.connections.unregister(device, session.connection);
-        tracing::info!(device = %device, "token revoked while connecting; connection refused");
-    }
-    valid
 }
 
 /// Checks and stores a publish; asks the connection to clear a finished command.
 async fn store(session: &DeviceSession, topic: &str, payload: &[u8]) -> Result<(), PublishRefusal> {
-    let outcome = session.hub.ingest(&session.device, topic, payload).await?;
-    if let Some(clear) = Hub::clear_command(&session.device, &outcome) {
+    let outcome = session.gateway.ingest(&session.device, topic, payload).await?;
+    if let Some(clear) = Gateway::clear_command(&session.device, &outcome) {
         session.deliver(clear);
     }
     Ok(())
@@ -346,7 +352,7 @@ async fn subscribed(session: &DeviceSession, accepted: Vec<String>) {
         .subscriptions
         .borrow_mut()
         .extend(accepted.iter().cloned());
-    for message in session.hub.subscribed(&session.device, &accepted).await {
+    for message in session.gateway.subscribed(&session.device, &accepted).await {
         session.deliver(message);
     }
 }
@@ -361,7 +367,11 @@ async fn protocol_v3(
             let mut refused = false;
             for mut sub in s.iter_mut() {
                 let filter = sub.topic().to_string();
-                if session.hub.check_subscription(&session.device, &filter).is_ok() {
+                if session
+                    .gateway
+                    .check_subscription(&session.device, &filter)
+                    .is_ok()
+                {
                     sub.confirm(granted(sub.qos()));
                     accepted.push(filter);
                 } else {
@@ -398,7 +408,11 @@ async fn protocol_v5(
             let mut accepted = Vec::new();
             for mut sub in s.iter_mut() {
                 let filter = sub.topic().to_string();
-                if session.hub.check_subscription(&session.device, &filter).is_ok() {
+                if session
+                    .gateway
+                    .check_subscription(&session.device, &filter)
+                    .is_ok()
+                {
                     sub.confirm(granted(sub.options().qos));
                     accepted.push(filter);
                 } else {
@@ -449,7 +463,7 @@ async fn control_v3(_ctl: Control<EndpointError>) -> Result<Option<v3::codec::En
 /// unnameable).
 macro_rules! mqtt_service {
     ($hub:expr) => {{
-        let h3: Arc<Hub> = $hub;
+        let h3: Arc<Gateway> = $hub;
         let h5 = h3.clone();
         MqttServer::new()
             .v3(
@@ -489,7 +503,7 @@ pub struct Listeners {
 
 /// Starts the endpoint on its own thread.
 pub fn start(
-    hub: Arc<Hub>,
+    hub: Arc<Gateway>,
     listeners: Listeners,
     workers: usize,
     max_packet_bytes: u32,
@@ -559,8 +573,8 @@ pub fn start(
 
 impl Endpoint {
     /// Stops accepting, closes device connections, and waits for the endpoint thread.
-    pub async fn stop(self, hub: &Hub) {
-        hub.connections.close_all(CloseReason::ServerShutdown);
+    pub async fn stop(self, connections: &crate::transport::Connections) {
+        connections.close_all(CloseReason::ServerShutdown);
         self.server.stop(true).await;
         let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
     }

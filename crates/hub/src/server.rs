@@ -1,6 +1,7 @@
-//! `edgemlops-hub serve`: configuration → open the data directory → bind → log the bound
-//! addresses → serve → on SIGINT/SIGTERM stop the device endpoint, let HTTP requests finish within
-//! the grace period, and drain the message writer.
+//! `edgemlops-hub serve`: configuration → open the storage (database and blobs; either one not
+//! answering is a one-line error naming it) → bind → join the cluster → log the bound addresses →
+//! serve → on SIGINT/SIGTERM stop the device endpoint, let HTTP requests finish within the grace
+//! period, stop the background work, leave the cluster, and drain the message writer.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,11 +10,13 @@ use std::time::Duration;
 
 use package::TrustedKeys;
 
-use crate::auth;
-use crate::config::Resolved;
+use crate::blobs::BlobsSettings;
+use crate::cluster::ClusterSettings;
+use crate::config::{Config, Resolved};
+use crate::db::DbOptions;
 use crate::error::HubError;
+use crate::hub::{Hub, Settings};
 use crate::mqtt::{self, Listeners};
-use crate::state::{Hub, Settings};
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +38,7 @@ pub enum StartError {
     /// The TLS certificate or key cannot be used.
     #[error("MQTT TLS: {0}")]
     Tls(String),
-    /// Opening the data directory failed.
+    /// Opening the storage failed.
     #[error(transparent)]
     Hub(#[from] HubError),
     /// The device endpoint failed to start.
@@ -132,18 +135,8 @@ pub async fn serve(resolved: Resolved) -> Result<(), StartError> {
     } else {
         config.http.public_url.trim_end_matches('/').to_owned()
     };
-    let (hub, writer_task) = Hub::open(Settings {
-        data_dir: config.data_dir.clone(),
-        trusted,
-        max_package_bytes: config.registry.max_package_bytes,
-        public_url: public_url.clone(),
-        download_ttl_secs: config.registry.download_token_ttl_secs,
-        asset_rules: crate::assets::AssetRules {
-            min_confidence: config.assets.min_confidence,
-        },
-    })
-    .await?;
-    if let Some(token) = auth::bootstrap_admin(&hub.pool, &config.auth.admin_token).await? {
+    let (hub, writer_task) = Hub::open(settings(&config, trusted, public_url.clone())).await?;
+    if let Some(token) = hub.users().bootstrap_admin(&config.auth.admin_token).await? {
         // Shown once: only its hash is stored.
         println!("admin token (shown once, store it now): {token}");
     }
@@ -155,29 +148,42 @@ pub async fn serve(resolved: Resolved) -> Result<(), StartError> {
         )),
         None => None,
     };
+    let workers = match config.mqtt.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
     let endpoint = mqtt::start(
-        hub.clone(),
+        hub.gateway().clone(),
         Listeners { plain, tls },
-        config.mqtt.workers,
+        workers,
         config.mqtt.max_packet_bytes,
     )
     .map_err(StartError::Endpoint)?;
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    hub.cluster()
+        .join(&http_addr.to_string(), &show(endpoint.plain))
+        .await?;
+    let background = hub.start_background();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         http = %http_addr,
         mqtt = %show(endpoint.plain),
         mqtts = %show(endpoint.tls),
         data_dir = %config.data_dir.display(),
+        database = %hub.db().shown_url(),
+        blobs = %hub.registry().blobs().shown_url(),
+        node = %hub.cluster().node_id(),
+        mqtt_workers = workers,
         %public_url,
         "hub started"
     );
     // One line for scripts and tests to wait for and parse.
     println!(
-        "edgemlops-hub ready http={http_addr} mqtt={} mqtts={} data_dir={}",
+        "edgemlops-hub ready http={http_addr} mqtt={} mqtts={} data_dir={} node={}",
         show(endpoint.plain),
         show(endpoint.tls),
-        config.data_dir.display()
+        config.data_dir.display(),
+        hub.cluster().node_id()
     );
     let _ = std::io::stdout().flush();
 
@@ -193,7 +199,7 @@ pub async fn serve(resolved: Resolved) -> Result<(), StartError> {
     });
     shutdown_signal().await;
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
-    endpoint.stop(&hub).await;
+    endpoint.stop(hub.connections()).await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(grace, http_server).await {
         Ok(Ok(Ok(()))) => {}
@@ -204,10 +210,48 @@ pub async fn serve(resolved: Resolved) -> Result<(), StartError> {
             "HTTP requests still running after the grace period"
         ),
     }
+    background.stop().await;
+    hub.cluster().leave().await;
     drop(hub);
     if tokio::time::timeout(grace, writer_task).await.is_err() {
         tracing::warn!("message writer still busy after the grace period");
     }
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// What [`Hub::open`] needs, from the configuration.
+pub fn settings(config: &Config, trusted: TrustedKeys, public_url: String) -> Settings {
+    let b = &config.blobs;
+    let c = &config.cluster;
+    Settings {
+        data_dir: config.data_dir.clone(),
+        database_url: config.database.url.clone(),
+        database: DbOptions {
+            max_connections: config.database.max_connections,
+            acquire_timeout: Duration::from_secs(config.database.acquire_timeout_secs),
+        },
+        blobs: BlobsSettings {
+            url: b.url.clone(),
+            endpoint: b.endpoint.clone(),
+            region: b.region.clone(),
+            access_key_id: b.access_key_id.clone(),
+            secret_access_key: b.secret_access_key.clone(),
+        },
+        trusted,
+        max_package_bytes: config.registry.max_package_bytes,
+        public_url,
+        download_ttl_secs: config.registry.download_token_ttl_secs,
+        asset_rules: crate::assets::AssetRules {
+            min_confidence: config.assets.min_confidence,
+        },
+        cluster: ClusterSettings {
+            node_id: c.node_id.clone(),
+            heartbeat: Duration::from_secs(c.heartbeat_secs),
+            node_timeout: Duration::from_secs(c.node_timeout_secs),
+            fleet_interval: Duration::from_secs(c.fleet_interval_secs),
+        },
+        command_expiry: Duration::from_secs(config.commands.expire_after_secs),
+        max_connecting: config.mqtt.max_connecting,
+    }
 }

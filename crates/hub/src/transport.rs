@@ -56,6 +56,8 @@ pub trait DeviceTransport: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 struct Entry {
     id: u64,
+    /// When it was registered, ms (a connection on another node made later takes over).
+    at: i64,
     tx: mpsc::UnboundedSender<Outbound>,
 }
 
@@ -76,10 +78,10 @@ impl Connections {
 
     /// Registers a new connection of `device` and returns its id and the receiver of messages to
     /// it. An older connection of the same device is told to close ([`CloseReason::TakenOver`]).
-    pub fn register(&self, device: &DeviceId) -> (u64, mpsc::UnboundedReceiver<Outbound>) {
+    pub fn register(&self, device: &DeviceId, at: i64) -> (u64, mpsc::UnboundedReceiver<Outbound>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let old = self.live().insert(device.clone(), Entry { id, tx });
+        let old = self.live().insert(device.clone(), Entry { id, at, tx });
         if let Some(old) = old {
             tracing::info!(device = %device, "newer connection takes over");
             let _ = old.tx.send(Outbound::Close(CloseReason::TakenOver));
@@ -97,6 +99,27 @@ impl Connections {
         } else {
             false
         }
+    }
+
+    /// The device connected to another hub node at `at`: a connection registered here no later
+    /// than that is stale. It is removed (so it will not publish its last will when it ends) and
+    /// told to close. Returns whether there was one.
+    pub fn taken_over_elsewhere(&self, device: &DeviceId, at: i64) -> bool {
+        let mut live = self.live();
+        if live.get(device).is_some_and(|e| e.at <= at) {
+            if let Some(old) = live.remove(device) {
+                tracing::info!(device = %device, "the device connected to another hub node; closing its connection here");
+                let _ = old.tx.send(Outbound::Close(CloseReason::TakenOver));
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The devices connected here.
+    pub fn devices(&self) -> Vec<DeviceId> {
+        self.live().keys().cloned().collect()
     }
 
     /// Tells every connection to close (shutdown).
@@ -164,8 +187,8 @@ mod tests {
     fn a_new_connection_takes_over_and_the_old_one_cannot_unregister_it() {
         let c = Connections::default();
         let d = DeviceId::new("cam").unwrap();
-        let (first, mut first_rx) = c.register(&d);
-        let (second, _rx) = c.register(&d);
+        let (first, mut first_rx) = c.register(&d, 1);
+        let (second, _rx) = c.register(&d, 2);
         assert_eq!(
             first_rx.try_recv().unwrap(),
             Outbound::Close(CloseReason::TakenOver)
@@ -175,5 +198,21 @@ mod tests {
         assert!(c.unregister(&d, second));
         assert!(!c.is_online(&d));
         assert!(!c.send(&d, Outbound::Close(CloseReason::Revoked)));
+    }
+
+    #[test]
+    fn a_connection_on_another_node_takes_over_only_an_older_one_here() {
+        let c = Connections::default();
+        let d = DeviceId::new("cam").unwrap();
+        let (id, mut rx) = c.register(&d, 100);
+        assert!(!c.taken_over_elsewhere(&d, 99), "the one here is newer");
+        assert!(c.is_online(&d));
+        assert!(c.taken_over_elsewhere(&d, 100));
+        assert_eq!(rx.try_recv().unwrap(), Outbound::Close(CloseReason::TakenOver));
+        assert!(!c.is_online(&d));
+        assert!(
+            !c.unregister(&d, id),
+            "the closed connection is no longer the live one: no last will"
+        );
     }
 }

@@ -2,6 +2,15 @@
 //! on random ports in temp directories, with tiny signed packages run by ONNX Runtime.
 #![allow(clippy::unwrap_used)]
 
+// Real PostgreSQL and Garage (S3) for the two-node test (see testsupport/).
+#[path = "../../../../testsupport/child.rs"]
+mod child;
+#[path = "../../../../testsupport/garage.rs"]
+mod garage;
+#[path = "../../../../testsupport/postgres.rs"]
+mod postgres;
+
+mod cluster;
 mod crash;
 mod e2e;
 mod inspection;

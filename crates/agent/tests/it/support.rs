@@ -74,12 +74,17 @@ impl Drop for Hub {
 
 impl Hub {
     pub fn start() -> Hub {
+        Hub::start_with("")
+    }
+
+    /// A hub whose configuration file also holds `extra` (TOML sections other than `[registry]`).
+    pub fn start_with(extra: &str) -> Hub {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("publisher.pub"), key().public().to_file_text()).unwrap();
         std::fs::write(dir.path().join("other.pub"), other_key().public().to_file_text()).unwrap();
         std::fs::write(
             dir.path().join("hub.toml"),
-            "[registry]\ntrusted_keys = [\"publisher.pub\", \"other.pub\"]\n",
+            format!("[registry]\ntrusted_keys = [\"publisher.pub\", \"other.pub\"]\n{extra}"),
         )
         .unwrap();
         let mut hub = Hub {

@@ -15,7 +15,7 @@ use super::{ApiError, ApiResult};
 use crate::assets;
 use crate::auth::Caller;
 use crate::error::HubError;
-use crate::state::Hub;
+use crate::hub::Hub;
 
 type Hub_ = State<Arc<Hub>>;
 type Who = axum::Extension<Caller>;
@@ -25,7 +25,7 @@ pub async fn create(
     axum::Extension(caller): Who,
     JsonBody(req): JsonBody<AssetCreate>,
 ) -> ApiResult<impl IntoResponse> {
-    let created = assets::create(&hub.pool, &req).await?;
+    let created = hub.assets().create(&req).await?;
     tracing::info!(asset = %req.id, by = %caller.user, "asset registered");
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -44,21 +44,21 @@ pub async fn import(
         })?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the CSV file is not UTF-8: {e}")))?;
-    let imported = assets::import(&hub.pool, text).await?;
+    let imported = hub.assets().import(text).await?;
     tracing::info!(assets = imported.created.len(), by = %caller.user, "assets imported");
     Ok((StatusCode::CREATED, Json(imported)))
 }
 
 pub async fn list(State(hub): Hub_, QueryOf(q): QueryOf<AssetQuery>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(assets::list(&hub.pool, &q).await?))
+    Ok(Json(hub.assets().list(&q).await?))
 }
 
 pub async fn get(State(hub): Hub_, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(assets::get(&hub.pool, &id).await?))
+    Ok(Json(hub.assets().get(&id).await?))
 }
 
 pub async fn maintenance(State(hub): Hub_) -> ApiResult<impl IntoResponse> {
-    Ok(Json(assets::maintenance(&hub.pool).await?))
+    Ok(Json(hub.assets().maintenance().await?))
 }
 
 pub async fn repaired(
@@ -66,12 +66,12 @@ pub async fn repaired(
     axum::Extension(caller): Who,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(assets::repaired(&hub.pool, &id, &caller.user).await?))
+    Ok(Json(hub.assets().repaired(&id, &caller.user).await?))
 }
 
 pub async fn inspections(
     State(hub): Hub_,
     QueryOf(q): QueryOf<InspectionQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(assets::inspections(&hub.pool, &q).await?))
+    Ok(Json(hub.assets().inspections(&q).await?))
 }

@@ -36,9 +36,12 @@ impl ApiError {
             HubError::TooLarge { .. } | HubError::TooLargeImport { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HubError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            HubError::Db { .. } | HubError::Blob { .. } | HubError::Io { .. } | HubError::Open(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            e if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::Db { .. }
+            | HubError::Blob { .. }
+            | HubError::Io { .. }
+            | HubError::Open(_)
+            | HubError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -49,10 +52,18 @@ impl IntoResponse for ApiError {
         let error = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self.0, "request failed");
             "internal error; the hub's log has the details".to_owned()
+        } else if self.0.is_unavailable() {
+            tracing::warn!(error = %self.0, "request failed: storage unavailable");
+            "storage unavailable (database or object store); try again later".to_owned()
         } else {
             self.0.to_string()
         };
         let mut response = (status, Json(ErrorBody { error })).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

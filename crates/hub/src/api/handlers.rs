@@ -17,13 +17,13 @@ use serde::Deserialize;
 
 use super::extract::{JsonBody, QueryOf};
 use super::{ApiError, ApiResult};
-use crate::auth::{self, Caller};
+use crate::auth::Caller;
 use crate::error::HubError;
-use crate::registry::download_url;
-use crate::state::Hub;
+use crate::hub::Hub;
+use crate::metrics::Gauges;
 use crate::stdx::{is_sha256_hex, now_ms};
-use crate::transport::{CloseReason, Outbound};
-use crate::{commands, devices, telemetry};
+use crate::transport::DeviceTransport;
+use crate::{commands, telemetry};
 
 type Hub_ = State<Arc<Hub>>;
 type Who = axum::Extension<Caller>;
@@ -43,7 +43,11 @@ pub async fn whoami(axum::Extension(caller): Who) -> Json<serde_json::Value> {
 pub async fn metrics(State(hub): Hub_) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        hub.metrics.render(hub.transport().online_count()),
+        hub.metrics().render(&Gauges {
+            devices_online: hub.connections().online_count(),
+            fleet_leader: hub.cluster().is_leader(),
+            credentials_cached: hub.devices().cached_credentials(),
+        }),
     )
 }
 
@@ -53,27 +57,24 @@ pub async fn create_user(
 ) -> ApiResult<impl IntoResponse> {
     Ok((
         StatusCode::CREATED,
-        Json(auth::create_user(&hub.pool, &req.name, req.role).await?),
+        Json(hub.users().create_user(&req.name, req.role).await?),
     ))
 }
 
 pub async fn list_users(State(hub): Hub_) -> ApiResult<impl IntoResponse> {
-    Ok(Json(auth::list_users(&hub.pool).await?))
+    Ok(Json(hub.users().list_users().await?))
 }
 
 pub async fn create_token(State(hub): Hub_, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok((
-        StatusCode::CREATED,
-        Json(auth::create_token(&hub.pool, &name).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(hub.users().create_token(&name).await?)))
 }
 
 pub async fn list_tokens(State(hub): Hub_) -> ApiResult<impl IntoResponse> {
-    Ok(Json(auth::list_tokens(&hub.pool).await?))
+    Ok(Json(hub.users().list_tokens().await?))
 }
 
 pub async fn revoke_token(State(hub): Hub_, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    auth::revoke_token(&hub.pool, &id).await?;
+    hub.users().revoke_token(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -82,33 +83,28 @@ pub async fn create_device(
     axum::Extension(caller): Who,
     JsonBody(req): JsonBody<DeviceCreate>,
 ) -> ApiResult<impl IntoResponse> {
-    let created = devices::create(&hub.pool, hub.transport(), &req.id, req.name.as_deref()).await?;
+    let created = hub.devices().create(&req.id, req.name.as_deref()).await?;
     tracing::info!(device = %req.id, by = %caller.user, "device registered");
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 pub async fn list_devices(State(hub): Hub_) -> ApiResult<impl IntoResponse> {
-    Ok(Json(devices::list(&hub.pool, hub.transport()).await?))
+    Ok(Json(hub.devices().list().await?))
 }
 
 pub async fn get_device(State(hub): Hub_, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(
-        devices::get(&hub.pool, hub.transport(), &device_id(&id)?).await?,
-    ))
+    Ok(Json(hub.devices().get(&device_id(&id)?).await?))
 }
 
 pub async fn rotate_device_token(State(hub): Hub_, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
     let id = device_id(&id)?;
-    let creds = devices::rotate_token(&hub.pool, hub.transport(), &id).await?;
-    // A connection made with the old token must not outlive it.
-    hub.transport().send(&id, Outbound::Close(CloseReason::Revoked));
-    Ok(Json(creds))
+    // A connection made with the old token does not outlive it (closed wherever it is).
+    Ok(Json(hub.devices().rotate_token(&id).await?))
 }
 
 pub async fn revoke_device_token(State(hub): Hub_, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id = device_id(&id)?;
-    devices::revoke_token(&hub.pool, &id).await?;
-    hub.transport().send(&id, Outbound::Close(CloseReason::Revoked));
+    hub.devices().revoke_token(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -132,7 +128,7 @@ pub async fn device_commands(
     QueryOf(q): QueryOf<Limit>,
 ) -> ApiResult<impl IntoResponse> {
     let id = device_id(&id)?;
-    Ok(Json(commands::list(&hub, Some(&id), limit(q.limit)?).await?))
+    Ok(Json(hub.commands().list(Some(&id), limit(q.limit)?).await?))
 }
 
 pub async fn push_package(State(hub): Hub_, headers: HeaderMap, body: Body) -> ApiResult<Response> {
@@ -140,9 +136,9 @@ pub async fn push_package(State(hub): Hub_, headers: HeaderMap, body: Body) -> A
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let pushed = hub.registry.push(declared, body.into_data_stream()).await?;
+    let pushed = hub.registry().push(declared, body.into_data_stream()).await?;
     let status = if pushed.created {
-        hub.metrics.packages_stored.inc();
+        hub.metrics().packages_stored.inc();
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -151,11 +147,11 @@ pub async fn push_package(State(hub): Hub_, headers: HeaderMap, body: Body) -> A
 }
 
 pub async fn list_models(State(hub): Hub_) -> ApiResult<impl IntoResponse> {
-    Ok(Json(hub.registry.list().await?))
+    Ok(Json(hub.registry().list().await?))
 }
 
 pub async fn get_model(State(hub): Hub_, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(hub.registry.get(&name).await?))
+    Ok(Json(hub.registry().get(&name).await?))
 }
 
 pub async fn set_alias(
@@ -165,7 +161,7 @@ pub async fn set_alias(
     JsonBody(req): JsonBody<AliasSet>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(
-        hub.registry
+        hub.registry()
             .set_alias(&name, &alias, &req.version, &caller.user)
             .await?,
     ))
@@ -176,18 +172,12 @@ pub async fn variant_url(
     axum::Extension(caller): Who,
     Path((name, version, class)): Path<(String, String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let version = hub.registry.resolve_version(&name, &version).await?;
+    let version = hub.registry().resolve_version(&name, &version).await?;
     let chosen = hub
-        .registry
+        .registry()
         .choose_variant(&name, &version, None, Some(&class))
         .await?;
-    Ok(Json(download_url(
-        &hub.signer,
-        &hub.public_url,
-        &chosen.sha256,
-        &caller.user,
-        hub.download_ttl_secs,
-    )))
+    Ok(Json(hub.links().url(&chosen.sha256, &caller.user)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,20 +242,20 @@ pub async fn download(
             "'{sha256}' is not a sha256 (64 lowercase hex digits)"
         )));
     }
-    hub.signer.verify(
+    hub.links().verify(
         &sha256,
         q.sub.as_deref(),
         q.exp,
         q.sig.as_deref(),
         now_ms().div_euclid(1000),
     )?;
-    if !hub.registry.blob_known(&sha256).await? {
+    if !hub.registry().blob_known(&sha256).await? {
         return Err(HubError::not_found("package", sha256).into());
     }
-    let size = hub.registry.blobs().size(&sha256).await?;
+    let size = hub.registry().blobs().size(&sha256).await?;
     let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size)?;
     let partial = range.is_some();
-    let read = hub.registry.blobs().read(&sha256, range).await?;
+    let read = hub.registry().blobs().read(&sha256, range).await?;
     let len = read.range.end - read.range.start;
     let body = Body::from_stream(read.stream.map(|r| r.map_err(std::io::Error::other)));
     let mut response = Response::new(body);
@@ -304,7 +294,7 @@ pub async fn software_update(
 ) -> ApiResult<impl IntoResponse> {
     Ok((
         StatusCode::CREATED,
-        Json(commands::software_update(&hub, &caller, &req).await?),
+        Json(hub.commands().software_update(&caller, &req).await?),
     ))
 }
 
@@ -315,7 +305,7 @@ pub async fn software_list(
 ) -> ApiResult<impl IntoResponse> {
     Ok((
         StatusCode::CREATED,
-        Json(commands::software_list(&hub, &caller, &req.device).await?),
+        Json(hub.commands().software_list(&caller, &req.device).await?),
     ))
 }
 
@@ -326,7 +316,7 @@ pub async fn log_upload(
 ) -> ApiResult<impl IntoResponse> {
     Ok((
         StatusCode::CREATED,
-        Json(commands::log_upload(&hub, &caller, &req).await?),
+        Json(hub.commands().log_upload(&caller, &req).await?),
     ))
 }
 
@@ -337,19 +327,17 @@ pub async fn rollback(
 ) -> ApiResult<impl IntoResponse> {
     Ok((
         StatusCode::CREATED,
-        Json(commands::rollback(&hub, &caller, &req).await?),
+        Json(hub.commands().rollback(&caller, &req).await?),
     ))
 }
 
 pub async fn list_commands(State(hub): Hub_, QueryOf(q): QueryOf<Limit>) -> ApiResult<impl IntoResponse> {
     let device = q.device.as_deref().map(device_id).transpose()?;
-    Ok(Json(
-        commands::list(&hub, device.as_ref(), limit(q.limit)?).await?,
-    ))
+    Ok(Json(hub.commands().list(device.as_ref(), limit(q.limit)?).await?))
 }
 
 pub async fn get_command(State(hub): Hub_, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(commands::get(&hub, &id).await?))
+    Ok(Json(hub.commands().get(&id).await?))
 }
 
 pub async fn measurements(
@@ -357,17 +345,17 @@ pub async fn measurements(
     QueryOf(q): QueryOf<TelemetryQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let f = telemetry::Filter::new(&q)?;
-    Ok(Json(telemetry::measurements(&hub.pool, &f).await?))
+    Ok(Json(hub.telemetry().measurements(&f).await?))
 }
 
 pub async fn events(State(hub): Hub_, QueryOf(q): QueryOf<TelemetryQuery>) -> ApiResult<impl IntoResponse> {
     let f = telemetry::Filter::new(&q)?;
-    Ok(Json(telemetry::events(&hub.pool, &f).await?))
+    Ok(Json(hub.telemetry().events(&f).await?))
 }
 
 pub async fn alarms(State(hub): Hub_, QueryOf(q): QueryOf<TelemetryQuery>) -> ApiResult<impl IntoResponse> {
     let f = telemetry::Filter::new(&q)?;
-    Ok(Json(telemetry::alarms(&hub.pool, &f).await?))
+    Ok(Json(hub.telemetry().alarms(&f).await?))
 }
 
 #[cfg(test)]

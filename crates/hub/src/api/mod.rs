@@ -26,7 +26,7 @@ use proto::api::Role;
 
 pub use self::error::{ApiError, ApiResult};
 use crate::auth;
-use crate::state::Hub;
+use crate::hub::Hub;
 
 /// Who may call a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -571,7 +571,7 @@ async fn check_access(
             .headers()
             .get(header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or("<not text>"));
-        let caller = auth::authenticate(&hub.pool, header).await?;
+        let caller = hub.users().authenticate(header).await?;
         auth::require(&caller, needed)?;
         request.extensions_mut().insert(caller);
     }

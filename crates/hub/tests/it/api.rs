@@ -7,15 +7,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use hub::Hub;
 use hub::api::{Access, route_docs, router};
-use hub::auth;
-use hub::state::{Hub, Settings};
+use hub::blobs::BlobKind;
 use package::TrustedKeys;
 use proto::api::Role;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::support::{filler, package, publisher, sha256};
+use crate::support::{Backend, filler, package, publisher, sha256};
 
 struct InProcess {
     dir: tempfile::TempDir,
@@ -26,27 +26,22 @@ struct InProcess {
     viewer: String,
 }
 
-async fn in_process(max_package_bytes: u64) -> InProcess {
+async fn in_process(backend: Backend, max_package_bytes: u64) -> InProcess {
     let dir = tempfile::tempdir().unwrap();
     let mut trusted = TrustedKeys::new();
     trusted.add(publisher(1).public().clone());
-    let (hub, _writer) = Hub::open(Settings {
-        data_dir: dir.path().join("data"),
-        trusted,
-        max_package_bytes,
-        public_url: "http://hub.test".into(),
-        download_ttl_secs: 3600,
-        asset_rules: hub::assets::AssetRules::default(),
-    })
-    .await
-    .unwrap();
+    let mut settings = backend.storage().settings(dir.path().join("data"), trusted);
+    settings.max_package_bytes = max_package_bytes;
+    settings.public_url = "http://hub.test".into();
+    settings.download_ttl_secs = 3600;
+    let (hub, _writer) = Hub::open(settings).await.unwrap();
     let mut tokens = Vec::new();
     for (name, role) in [
         ("ada", Role::Admin),
         ("oscar", Role::Operator),
         ("vera", Role::Viewer),
     ] {
-        tokens.push(auth::create_user(&hub.pool, name, role).await.unwrap().token);
+        tokens.push(hub.users().create_user(name, role).await.unwrap().token);
     }
     let viewer = tokens.pop().unwrap();
     let operator = tokens.pop().unwrap();
@@ -93,7 +88,8 @@ impl InProcess {
         (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
 
-    fn blob_files(&self) -> usize {
+    /// Blobs stored: every file of a local store (staging files too), every package of an S3 one.
+    async fn blob_files(&self) -> usize {
         fn count(p: &std::path::Path) -> usize {
             std::fs::read_dir(p).map_or(0, |rd| {
                 rd.flatten()
@@ -101,7 +97,14 @@ impl InProcess {
                     .sum()
             })
         }
-        count(&self.dir.path().join("data/blobs"))
+        let blobs = self.hub.registry().blobs();
+        match blobs.local_root() {
+            Some(root) => {
+                assert!(root.starts_with(self.dir.path()));
+                count(root)
+            }
+            None => blobs.list(BlobKind::Package).await.unwrap().len(),
+        }
     }
 }
 
@@ -112,9 +115,8 @@ fn concrete(path: &str) -> String {
         .replace('}', "")
 }
 
-#[tokio::test]
-async fn every_route_refuses_missing_and_wrong_tokens_and_too_weak_roles() {
-    let t = in_process(1 << 20).await;
+async fn every_route_refuses_missing_and_wrong_tokens_and_too_weak_roles(backend: Backend) {
+    let t = in_process(backend, 1 << 20).await;
     let routes = route_docs();
     assert!(routes.len() >= 25, "the table has every route");
     for d in &routes {
@@ -215,7 +217,7 @@ async fn every_route_refuses_missing_and_wrong_tokens_and_too_weak_roles() {
 
 #[tokio::test]
 async fn openapi_document_lists_every_route() {
-    let t = in_process(1 << 20).await;
+    let t = in_process(Backend::Embedded, 1 << 20).await;
     let (s, doc) = t
         .json(Method::GET, "/api/v1/openapi.json", &t.viewer, Value::Null)
         .await;
@@ -233,9 +235,8 @@ async fn openapi_document_lists_every_route() {
     }
 }
 
-#[tokio::test]
-async fn devices_get_a_token_once_and_it_can_be_rotated_and_revoked() {
-    let t = in_process(1 << 20).await;
+async fn devices_get_a_token_once_and_it_can_be_rotated_and_revoked(backend: Backend) {
+    let t = in_process(backend, 1 << 20).await;
     let (s, created) = t
         .json(
             Method::POST,
@@ -248,11 +249,7 @@ async fn devices_get_a_token_once_and_it_can_be_rotated_and_revoked() {
     let token = created["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("emd_"));
     let id = proto::DeviceId::new("cam-1").unwrap();
-    assert!(
-        auth::check_device_token(&t.hub.pool, &id, token.as_bytes())
-            .await
-            .unwrap()
-    );
+    assert!(t.hub.devices().check_token(&id, token.as_bytes()).await.unwrap());
     // Listing never shows it.
     let (_, list) = t
         .json(Method::GET, "/api/v1/devices", &t.viewer, Value::Null)
@@ -286,13 +283,11 @@ async fn devices_get_a_token_once_and_it_can_be_rotated_and_revoked() {
         .await;
     assert_eq!(s, StatusCode::OK);
     let new_token = rotated["token"].as_str().unwrap();
+    assert!(!t.hub.devices().check_token(&id, token.as_bytes()).await.unwrap());
     assert!(
-        !auth::check_device_token(&t.hub.pool, &id, token.as_bytes())
-            .await
-            .unwrap()
-    );
-    assert!(
-        auth::check_device_token(&t.hub.pool, &id, new_token.as_bytes())
+        t.hub
+            .devices()
+            .check_token(&id, new_token.as_bytes())
             .await
             .unwrap()
     );
@@ -306,7 +301,9 @@ async fn devices_get_a_token_once_and_it_can_be_rotated_and_revoked() {
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert!(
-        !auth::check_device_token(&t.hub.pool, &id, new_token.as_bytes())
+        !t.hub
+            .devices()
+            .check_token(&id, new_token.as_bytes())
             .await
             .unwrap()
     );
@@ -316,9 +313,10 @@ async fn devices_get_a_token_once_and_it_can_be_rotated_and_revoked() {
     assert_eq!(shown["has_token"], false);
 }
 
-#[tokio::test]
-async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothing_is_stored() {
-    let t = in_process(400_000).await;
+async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothing_is_stored(
+    backend: Backend,
+) {
+    let t = in_process(backend, 400_000).await;
     let work = tempfile::tempdir().unwrap();
     let ok = std::fs::read(package(
         work.path(),
@@ -355,8 +353,8 @@ async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothi
             Body::from(bytes),
         )
     };
-    let check_nothing_stored = |what: &str| {
-        assert_eq!(t.blob_files(), 0, "{what}: a blob was stored");
+    let check_nothing_stored = async |what: &str| {
+        assert_eq!(t.blob_files().await, 0, "{what}: a blob was stored");
         let staged = std::fs::read_dir(t.dir.path().join("data/tmp")).map_or(0, |d| d.count());
         assert_eq!(staged, 0, "{what}: staging files left behind");
     };
@@ -368,7 +366,7 @@ async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothi
         "{}",
         String::from_utf8_lossy(&body)
     );
-    check_nothing_stored("oversized");
+    check_nothing_stored("oversized").await;
 
     // Tampering with any byte of the model file (it sits after the manifest and signature).
     let mut tampered = ok.clone();
@@ -381,12 +379,12 @@ async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothi
         msg.contains("package refused") && msg.contains("model.onnx"),
         "{msg}"
     );
-    check_nothing_stored("tampered");
+    check_nothing_stored("tampered").await;
 
     let (s, body) = push(untrusted).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(String::from_utf8_lossy(&body).contains("package refused"));
-    check_nothing_stored("untrusted");
+    check_nothing_stored("untrusted").await;
 
     let (s, body) = push(b"not a package at all".to_vec()).await;
     assert_eq!(
@@ -395,7 +393,7 @@ async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothi
         "{}",
         String::from_utf8_lossy(&body)
     );
-    check_nothing_stored("garbage");
+    check_nothing_stored("garbage").await;
 
     let (_, models) = t
         .json(Method::GET, "/api/v1/models", &t.viewer, Value::Null)
@@ -411,7 +409,7 @@ async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothi
     let (s, body) = push(ok.clone()).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["created"], false);
-    assert_eq!(t.blob_files(), 1);
+    assert_eq!(t.blob_files().await, 1);
     // The same name, version and class with other content is a conflict.
     let other = std::fs::read(package(
         work.path(),
@@ -424,7 +422,7 @@ async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothi
     .unwrap();
     let (s, body) = push(other).await;
     assert_eq!(s, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(t.blob_files(), 1);
+    assert_eq!(t.blob_files().await, 1);
 
     // Pushed four times at once (a retrying CI job): stored once, the others told so; no 500.
     let again = std::fs::read(package(
@@ -440,12 +438,11 @@ async fn packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothi
     let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 200, 201], "{answers:?}");
-    assert_eq!(t.blob_files(), 2);
+    assert_eq!(t.blob_files().await, 2);
 }
 
-#[tokio::test]
-async fn a_package_downloaded_by_ranges_from_the_middle_reassembles_to_the_original() {
-    let t = in_process(1 << 20).await;
+async fn a_package_downloaded_by_ranges_from_the_middle_reassembles_to_the_original(backend: Backend) {
+    let t = in_process(backend, 1 << 20).await;
     let work = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(package(
         work.path(),
@@ -526,8 +523,9 @@ async fn a_package_downloaded_by_ranges_from_the_middle_reassembles_to_the_origi
     let (s, _) = t.call(Method::GET, &other, None, Body::empty()).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // An expired token (signed by the hub's own key) is refused.
-    let expired = hub::registry::download_url(&t.hub.signer, "", &sha, "cam-1", 0);
-    let (s, body) = t.call(Method::GET, &expired.url, None, Body::empty()).await;
+    let expired = t.hub.links().url_with_ttl(&sha, "cam-1", 0);
+    let expired = expired.url.strip_prefix("http://hub.test").unwrap();
+    let (s, body) = t.call(Method::GET, expired, None, Body::empty()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("expired"));
     // A forged signature is refused: one hex digit of it changed (to a different digit).
@@ -539,9 +537,8 @@ async fn a_package_downloaded_by_ranges_from_the_middle_reassembles_to_the_origi
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn aliases_move_with_history_and_resolve_in_deployments() {
-    let t = in_process(1 << 20).await;
+async fn aliases_move_with_history_and_resolve_in_deployments(backend: Backend) {
+    let t = in_process(backend, 1 << 20).await;
     let work = tempfile::tempdir().unwrap();
     for v in ["1.0.0", "1.1.0"] {
         let bytes = std::fs::read(package(work.path(), &publisher(1), "vqi", v, "any", 1000)).unwrap();
@@ -638,9 +635,8 @@ async fn aliases_move_with_history_and_resolve_in_deployments() {
     );
 }
 
-#[tokio::test]
-async fn bad_queries_and_bodies_get_json_errors() {
-    let t = in_process(1 << 20).await;
+async fn bad_queries_and_bodies_get_json_errors(backend: Backend) {
+    let t = in_process(backend, 1 << 20).await;
     let (s, e) = t
         .json(
             Method::GET,
@@ -676,4 +672,13 @@ async fn bad_queries_and_bodies_get_json_errors() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     let filler_is_deterministic = filler(10, 3) == filler(10, 3);
     assert!(filler_is_deterministic);
+}
+
+on_both_backends! {
+    async: every_route_refuses_missing_and_wrong_tokens_and_too_weak_roles,
+        devices_get_a_token_once_and_it_can_be_rotated_and_revoked,
+        packages_that_are_oversized_tampered_or_untrusted_are_refused_and_nothing_is_stored,
+        a_package_downloaded_by_ranges_from_the_middle_reassembles_to_the_original,
+        aliases_move_with_history_and_resolve_in_deployments,
+        bad_queries_and_bodies_get_json_errors;
 }

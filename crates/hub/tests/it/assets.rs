@@ -8,21 +8,19 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use hub::Hub;
 use hub::api::router;
 use hub::assets::AssetRules;
-use hub::auth;
-use hub::ingest::DeviceMessage;
-use hub::state::{Hub, Settings};
 use package::TrustedKeys;
 use proto::api::Role;
 use proto::edgemlops::{InspectionEvent, ModelRef, Prediction};
 use proto::pipeline::Condition;
-use proto::{DeviceId, DeviceTopic, Timestamp};
+use proto::{DeviceId, Timestamp};
 use rumqttc::{Event, Packet, QoS};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::support::{Options, TestHub, v3_options, wait_v3};
+use crate::support::{Backend, Options, TestHub, v3_options, wait_v3};
 
 struct Register {
     _dir: tempfile::TempDir,
@@ -32,26 +30,17 @@ struct Register {
     viewer: String,
 }
 
-async fn register() -> Register {
+async fn register(backend: Backend) -> Register {
     let dir = tempfile::tempdir().unwrap();
-    let (hub, _writer) = Hub::open(Settings {
-        data_dir: dir.path().join("data"),
-        trusted: TrustedKeys::new(),
-        max_package_bytes: 1 << 20,
-        public_url: "http://hub.test".into(),
-        download_ttl_secs: 3600,
-        asset_rules: AssetRules { min_confidence: 0.6 },
-    })
-    .await
-    .unwrap();
-    let operator = auth::create_user(&hub.pool, "oscar", Role::Operator)
-        .await
-        .unwrap()
-        .token;
-    let viewer = auth::create_user(&hub.pool, "vera", Role::Viewer)
-        .await
-        .unwrap()
-        .token;
+    let mut settings = backend
+        .storage()
+        .settings(dir.path().join("data"), TrustedKeys::new());
+    settings.public_url = "http://hub.test".into();
+    settings.asset_rules = AssetRules { min_confidence: 0.6 };
+    let (hub, _writer) = Hub::open(settings).await.unwrap();
+    let users = hub.users();
+    let operator = users.create_user("oscar", Role::Operator).await.unwrap().token;
+    let viewer = users.create_user("vera", Role::Viewer).await.unwrap().token;
     Register {
         app: router(hub.clone()),
         hub,
@@ -124,14 +113,13 @@ impl Register {
         assert_eq!(s, StatusCode::CREATED, "{v}");
     }
 
-    /// Stores an `e/inspection` publish of `device` through the hub's real writer (what the MQTT
-    /// endpoint does after the gateway checks).
+    /// Stores an `e/inspection` publish of `device` through the hub's gateway (what the MQTT
+    /// endpoint does with a publish).
     async fn publish(&self, device: &str, payload: Vec<u8>) {
-        let topic = DeviceTopic::parse(&format!("devices/{device}/te/device/main///e/inspection")).unwrap();
-        let message = DeviceMessage::parse(&topic, &payload, 0).unwrap();
+        let topic = format!("devices/{device}/te/device/main///e/inspection");
         self.hub
-            .writer
-            .store(&DeviceId::new(device).unwrap(), message)
+            .gateway()
+            .ingest(&DeviceId::new(device).unwrap(), &topic, &payload)
             .await
             .unwrap();
     }
@@ -170,9 +158,8 @@ async fn asset_alarms(r: &Register, asset: &str) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
-async fn viewers_read_the_register_and_only_operators_change_it() {
-    let r = register().await;
+async fn viewers_read_the_register_and_only_operators_change_it(backend: Backend) {
+    let r = register(backend).await;
     let body = json!({"id": "P-1", "name": "Pole 1", "type": "pole", "latitude": 47.1, "longitude": 8.5,
                       "metadata": {"height_m": 12}});
     let (s, _) = r.post("/api/v1/assets", &r.viewer, body.clone()).await;
@@ -250,9 +237,8 @@ async fn viewers_read_the_register_and_only_operators_change_it() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }
 
-#[tokio::test]
-async fn a_csv_with_bad_lines_imports_nothing_and_names_every_bad_line() {
-    let r = register().await;
+async fn a_csv_with_bad_lines_imports_nothing_and_names_every_bad_line(backend: Backend) {
+    let r = register(backend).await;
     let bad = "id,name,type,site,latitude,longitude,metadata\n\
                P-1,Pole 1,pole,North,47.1,8.5,\n\
                P-2,Pole 2,poel,North,,,\n\
@@ -326,9 +312,10 @@ async fn a_csv_with_bad_lines_imports_nothing_and_names_every_bad_line() {
     assert_eq!(r.get("/api/v1/assets").await.as_array().unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn inspection_results_set_the_condition_by_observation_time_and_confidence_and_drive_the_alarm() {
-    let r = register().await;
+async fn inspection_results_set_the_condition_by_observation_time_and_confidence_and_drive_the_alarm(
+    backend: Backend,
+) {
+    let r = register(backend).await;
     r.add("P-1", "pole").await;
     // Good, then damaged (major): the alarm is raised.
     r.publish(
@@ -415,12 +402,12 @@ async fn inspection_results_set_the_condition_by_observation_time_and_confidence
     assert!(alarms[0].get("cleared_at").is_none());
 
     // A device's own alarm of the same type on the same entity does not touch the asset's alarm.
-    let topic = DeviceTopic::parse("devices/cam-1/te/device/main///a/asset_condition").unwrap();
     r.hub
-        .writer
-        .store(
+        .gateway()
+        .ingest(
             &DeviceId::new("cam-1").unwrap(),
-            DeviceMessage::parse(&topic, b"", 0).unwrap(),
+            "devices/cam-1/te/device/main///a/asset_condition",
+            b"",
         )
         .await
         .unwrap();
@@ -469,9 +456,8 @@ async fn inspection_results_set_the_condition_by_observation_time_and_confidence
     );
 }
 
-#[tokio::test]
-async fn a_device_clock_years_ahead_does_not_freeze_the_condition() {
-    let r = register().await;
+async fn a_device_clock_years_ahead_does_not_freeze_the_condition(backend: Backend) {
+    let r = register(backend).await;
     r.add("P-9", "pole").await;
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -498,9 +484,8 @@ async fn a_device_clock_years_ahead_does_not_freeze_the_condition() {
     assert_eq!(p["alarm_active"], false);
 }
 
-#[tokio::test]
-async fn results_for_unknown_assets_are_kept_unlinked() {
-    let r = register().await;
+async fn results_for_unknown_assets_are_kept_unlinked(backend: Backend) {
+    let r = register(backend).await;
     r.add("P-1", "pole").await;
     r.publish(
         "cam-1",
@@ -541,9 +526,8 @@ async fn results_for_unknown_assets_are_kept_unlinked() {
     assert_eq!(events.as_array().unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn the_maintenance_list_puts_critical_first_then_the_longest_uninspected() {
-    let r = register().await;
+async fn the_maintenance_list_puts_critical_first_then_the_longest_uninspected(backend: Backend) {
+    let r = register(backend).await;
     for (id, t) in [
         ("good-old", "pole"),
         ("never", "tower"),
@@ -591,11 +575,11 @@ async fn the_maintenance_list_puts_critical_first_then_the_longest_uninspected()
     assert!(list[3].get("since_inspection_secs").is_none());
 }
 
-#[test]
-fn inspection_events_over_mqtt_degrade_an_asset_and_raise_an_alarm() {
+fn inspection_events_over_mqtt_degrade_an_asset_and_raise_an_alarm(backend: Backend) {
     // The threshold comes from the configuration file.
     let hub = TestHub::start_with(Options {
         config: "[assets]\nmin_confidence = 0.85\n".into(),
+        storage: backend.storage(),
         ..Options::default()
     });
     let token = hub.device("pole-cam-1");
@@ -665,7 +649,7 @@ fn inspection_events_over_mqtt_degrade_an_asset_and_raise_an_alarm() {
 
 #[tokio::test]
 async fn the_openapi_document_states_the_condition_rule_on_the_asset_routes() {
-    let r = register().await;
+    let r = register(Backend::Embedded).await;
     let doc = r.get("/api/v1/openapi.json").await;
     for (path, method) in [
         ("/api/v1/assets", "get"),
@@ -690,4 +674,14 @@ async fn the_openapi_document_states_the_condition_rule_on_the_asset_routes() {
             .unwrap()
             .contains("Needs the operator role")
     );
+}
+
+on_both_backends! {
+    async: viewers_read_the_register_and_only_operators_change_it,
+        a_csv_with_bad_lines_imports_nothing_and_names_every_bad_line,
+        inspection_results_set_the_condition_by_observation_time_and_confidence_and_drive_the_alarm,
+        a_device_clock_years_ahead_does_not_freeze_the_condition,
+        results_for_unknown_assets_are_kept_unlinked,
+        the_maintenance_list_puts_critical_first_then_the_longest_uninspected;
+    sync: inspection_events_over_mqtt_degrade_an_asset_and_raise_an_alarm;
 }

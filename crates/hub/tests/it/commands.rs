@@ -7,7 +7,7 @@ use std::time::Duration;
 use rumqttc::{Event, Packet, QoS};
 use serde_json::{Value, json};
 
-use crate::support::{TestHub, package, publisher, v3_options, wait_v3};
+use crate::support::{Backend, TestHub, package, publisher, v3_options, wait_v3};
 
 const CMD_FILTER: &str = "devices/cam-a/te/device/main///cmd/+/+";
 
@@ -60,9 +60,10 @@ fn disconnect(client: &rumqttc::Client, mut conn: rumqttc::Connection) {
     }
 }
 
-#[test]
-fn a_command_created_offline_is_delivered_on_connect_and_again_after_a_reconnect_until_reported() {
-    let hub = TestHub::start();
+fn a_command_created_offline_is_delivered_on_connect_and_again_after_a_reconnect_until_reported(
+    backend: Backend,
+) {
+    let hub = TestHub::start(backend);
     let token = hub.device("cam-a");
     let api = hub.api();
     let (s, created) = api.post("/api/v1/commands/software_list", &json!({"device": "cam-a"}));
@@ -143,9 +144,8 @@ fn a_command_created_offline_is_delivered_on_connect_and_again_after_a_reconnect
     assert_eq!(h.len(), 1);
 }
 
-#[test]
-fn deployments_pick_the_variant_for_the_twin_hardware_class_report_failures_and_roll_back() {
-    let hub = TestHub::start();
+fn deployments_pick_the_variant_for_the_twin_hardware_class_report_failures_and_roll_back(backend: Backend) {
+    let hub = TestHub::start(backend);
     let token = hub.device("cam-a");
     let api = hub.api();
     let work = tempfile::tempdir().unwrap();
@@ -273,4 +273,9 @@ fn deployments_pick_the_variant_for_the_twin_hardware_class_report_failures_and_
     assert!(request["updateList"][0]["modules"][0].get("url").is_none());
     let d: Value = api.get_ok("/api/v1/devices/cam-a");
     assert!(d["software"].as_array().unwrap().is_empty(), "{d}");
+}
+
+on_both_backends! {
+    sync: a_command_created_offline_is_delivered_on_connect_and_again_after_a_reconnect_until_reported,
+        deployments_pick_the_variant_for_the_twin_hardware_class_report_failures_and_roll_back;
 }

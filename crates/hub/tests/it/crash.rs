@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{Event, Outgoing, Packet, QoS};
 use serde_json::Value;
 
-use crate::support::{Options, TestHub, v3_options};
+use crate::support::{Backend, Options, TestHub, v3_options};
 
 /// Publishes QoS 1 measurements `{"seq": n}` with up to 10 in flight and records which seq
 /// numbers were acknowledged, until the connection dies.
@@ -49,9 +49,8 @@ fn publish_until_dead(port: u16, device: &str, token: &str, acked: &Arc<Mutex<BT
     let _ = publisher.join();
 }
 
-#[test]
-fn sigkill_while_devices_publish_qos1_loses_no_acknowledged_message() {
-    let hub = TestHub::start();
+fn sigkill_while_devices_publish_qos1_loses_no_acknowledged_message(backend: Backend) {
+    let hub = TestHub::start(backend);
     let devices = ["load-1", "load-2", "load-3"];
     let tokens: Vec<String> = devices.iter().map(|d| hub.device(d)).collect();
     let acked: Vec<Arc<Mutex<BTreeSet<u64>>>> = devices.iter().map(|_| Arc::default()).collect();
@@ -74,12 +73,14 @@ fn sigkill_while_devices_publish_qos1_loses_no_acknowledged_message() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    let storage = hub.storage.clone();
     let dir = hub.kill();
     for w in workers {
         w.join().unwrap();
     }
     let hub = TestHub::start_with(Options {
         dir: Some(dir),
+        storage,
         ..Options::default()
     });
     let api = hub.api();
@@ -100,4 +101,8 @@ fn sigkill_while_devices_publish_qos1_loses_no_acknowledged_message() {
         assert!(stored.len() >= acked.len());
     }
     assert!(total_acked >= 600, "{total_acked}");
+}
+
+on_both_backends! {
+    sync: sigkill_while_devices_publish_qos1_loses_no_acknowledged_message;
 }

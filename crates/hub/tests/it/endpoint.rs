@@ -8,8 +8,8 @@ use rumqttc::{ConnectReturnCode, Event, LastWill, Packet, QoS};
 use serde_json::{Value, json};
 
 use crate::support::{
-    TestHub, error_v3, error_v5, eventually, measurements, mosquitto, v3_options, v5_options, wait_v3,
-    wait_v5,
+    Backend, TestHub, error_v3, error_v5, eventually, measurements, mosquitto, v3_options, v5_options,
+    wait_v3, wait_v5,
 };
 
 const M: &str = "te/device/main///m/env";
@@ -18,9 +18,8 @@ fn topic(device: &str, local: &str) -> String {
     format!("devices/{device}/{local}")
 }
 
-#[test]
-fn wrong_credentials_are_refused_with_the_protocols_return_codes() {
-    let hub = TestHub::start();
+fn wrong_credentials_are_refused_with_the_protocols_return_codes(backend: Backend) {
+    let hub = TestHub::start(backend);
     let a = hub.device("cam-a");
     let b = hub.device("cam-b");
     let port = hub.mqtt_port;
@@ -137,9 +136,8 @@ fn wrong_credentials_are_refused_with_the_protocols_return_codes() {
     assert!(measurements(&api, "cam-a").is_empty());
 }
 
-#[test]
-fn a_device_cannot_publish_or_subscribe_outside_its_prefix() {
-    let hub = TestHub::start();
+fn a_device_cannot_publish_or_subscribe_outside_its_prefix(backend: Backend) {
+    let hub = TestHub::start(backend);
     let a = hub.device("cam-a");
     hub.device("cam-b");
     let p = hub.mqtt_port.to_string();
@@ -353,9 +351,8 @@ fn reqwest_text(hub: &TestHub, path: &str) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
 
-#[test]
-fn a_last_will_outside_the_prefix_is_refused_and_one_inside_is_stored_when_the_device_dies() {
-    let hub = TestHub::start();
+fn a_last_will_outside_the_prefix_is_refused_and_one_inside_is_stored_when_the_device_dies(backend: Backend) {
+    let hub = TestHub::start(backend);
     let a = hub.device("cam-a");
     hub.device("cam-b");
     let p = hub.mqtt_port.to_string();
@@ -452,9 +449,8 @@ fn a_last_will_outside_the_prefix_is_refused_and_one_inside_is_stored_when_the_d
     assert!(api.get_ok::<Vec<Value>>("/api/v1/events?device=cam-b").is_empty());
 }
 
-#[test]
-fn qos1_messages_are_stored_before_they_are_acknowledged() {
-    let hub = TestHub::start();
+fn qos1_messages_are_stored_before_they_are_acknowledged(backend: Backend) {
+    let hub = TestHub::start(backend);
     let a = hub.device("cam-a");
     let api = hub.api();
     let (client, mut conn) = rumqttc::Client::new(v3_options(hub.mqtt_port, "cam-a", "cam-a", &a), 10);
@@ -515,9 +511,8 @@ fn qos1_messages_are_stored_before_they_are_acknowledged() {
     assert_eq!(measurements(&api, "cam-a").len(), 6);
 }
 
-#[test]
-fn a_newer_connection_takes_over_an_older_one() {
-    let hub = TestHub::start();
+fn a_newer_connection_takes_over_an_older_one(backend: Backend) {
+    let hub = TestHub::start(backend);
     let a = hub.device("cam-a");
     // The old connection has a last will; being taken over does not publish it (the device is
     // alive on its new connection).
@@ -575,9 +570,10 @@ fn a_newer_connection_takes_over_an_older_one() {
     let _ = error_v3(&mut old_conn);
 }
 
-#[test]
-fn te_contract_entities_twin_capabilities_health_alarms_and_events_are_stored_and_queryable() {
-    let hub = TestHub::start();
+fn te_contract_entities_twin_capabilities_health_alarms_and_events_are_stored_and_queryable(
+    backend: Backend,
+) {
+    let hub = TestHub::start(backend);
     let a = hub.device("cam-a");
     let p = hub.mqtt_port.to_string();
     let publish = |local: &str, payload: &str, retain: bool| {
@@ -722,8 +718,7 @@ fn te_contract_entities_twin_capabilities_health_alarms_and_events_are_stored_an
     assert!(cleared[0]["cleared_at"].is_string());
 }
 
-#[test]
-fn the_tls_endpoint_serves_mqtt_with_rustls() {
+fn the_tls_endpoint_serves_mqtt_with_rustls(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
@@ -732,6 +727,7 @@ fn the_tls_endpoint_serves_mqtt_with_rustls() {
         config: "[mqtt]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
             .into(),
         dir: Some(dir),
+        storage: backend.storage(),
     });
     let a = hub.device("cam-a");
     let port = hub.mqtts_port.expect("TLS port").to_string();
@@ -772,9 +768,8 @@ fn the_tls_endpoint_serves_mqtt_with_rustls() {
     let _ = json!(null);
 }
 
-#[test]
-fn sigterm_stops_the_hub_cleanly() {
-    let hub = TestHub::start();
+fn sigterm_stops_the_hub_cleanly(backend: Backend) {
+    let hub = TestHub::start(backend);
     let a = hub.device("cam-a");
     let (_c, mut conn) = rumqttc::Client::new(v3_options(hub.mqtt_port, "cam-a", "cam-a", &a), 10);
     wait_v3(&mut conn, "connack", |e| {
@@ -783,4 +778,15 @@ fn sigterm_stops_the_hub_cleanly() {
     let status = hub.terminate();
     assert!(status.success(), "{status:?}");
     let _ = error_v3(&mut conn);
+}
+
+on_both_backends! {
+    sync: wrong_credentials_are_refused_with_the_protocols_return_codes,
+        a_device_cannot_publish_or_subscribe_outside_its_prefix,
+        a_last_will_outside_the_prefix_is_refused_and_one_inside_is_stored_when_the_device_dies,
+        qos1_messages_are_stored_before_they_are_acknowledged,
+        a_newer_connection_takes_over_an_older_one,
+        te_contract_entities_twin_capabilities_health_alarms_and_events_are_stored_and_queryable,
+        the_tls_endpoint_serves_mqtt_with_rustls,
+        sigterm_stops_the_hub_cleanly;
 }

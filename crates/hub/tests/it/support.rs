@@ -1,5 +1,6 @@
-//! Test support: a real `edgemlops-hub` process on random ports in a temp directory, an API
-//! client, signed test packages, and MQTT clients (rumqttc v3.1.1 and v5, mosquitto_pub/sub).
+//! Test support: the storage backends every test runs on ([`Backend`], [`on_both_backends!`]), a
+//! real `edgemlops-hub` process on random ports in a temp directory, an API client, signed test
+//! packages, and MQTT clients (rumqttc v3.1.1 and v5, mosquitto_pub/sub).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -7,9 +8,133 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use package::{Manifest, PackageBuilder, SecretKey};
+use hub::Settings;
+use hub::blobs::BlobsSettings;
+use package::{Manifest, PackageBuilder, SecretKey, TrustedKeys};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+use crate::garage::Garage;
+use crate::postgres::Postgres;
+
+/// Defines, for each listed test function `f(backend: Backend)`, two tests: `sqlite_files::f`
+/// on the embedded engines (SQLite and a local directory) and `postgres_s3::f` on PostgreSQL and
+/// an S3-compatible store (Garage), both real and started by the tests themselves.
+macro_rules! on_both_backends {
+    ($(async: $($a:ident),+ $(,)?;)? $(sync: $($s:ident),+ $(,)?;)?) => {
+        mod sqlite_files {
+            $($(
+                #[tokio::test]
+                async fn $a() {
+                    super::$a($crate::support::Backend::Embedded).await;
+                }
+            )+)?
+            $($(
+                #[test]
+                fn $s() {
+                    super::$s($crate::support::Backend::Embedded);
+                }
+            )+)?
+        }
+        mod postgres_s3 {
+            $($(
+                #[tokio::test]
+                async fn $a() {
+                    super::$a($crate::support::Backend::Shared).await;
+                }
+            )+)?
+            $($(
+                #[test]
+                fn $s() {
+                    super::$s($crate::support::Backend::Shared);
+                }
+            )+)?
+        }
+    };
+}
+
+/// Where a test hub keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded defaults: SQLite and a local directory in the hub's data directory.
+    Embedded,
+    /// PostgreSQL (a fresh database of the test process's cluster) and Garage (a fresh prefix of
+    /// the test process's bucket).
+    Shared,
+}
+
+impl Backend {
+    /// Fresh storage for one hub (several nodes share one).
+    pub fn storage(self) -> Storage {
+        match self {
+            Self::Embedded => Storage::default(),
+            Self::Shared => {
+                let pg = Postgres::shared();
+                let g = Garage::shared();
+                Storage {
+                    database_url: pg.new_database("hub"),
+                    blobs: BlobsSettings {
+                        url: format!("s3://{}/t-{}", g.bucket, unique()),
+                        endpoint: g.endpoint.clone(),
+                        region: g.region.clone(),
+                        access_key_id: g.access_key_id.clone(),
+                        secret_access_key: g.secret_access_key.clone(),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// A unique name part (process id, counter, time).
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A hub's database and blob store (empty values: the embedded defaults in its data directory).
+#[derive(Clone, Debug, Default)]
+pub struct Storage {
+    /// `database.url`.
+    pub database_url: String,
+    /// `[blobs]`.
+    pub blobs: BlobsSettings,
+}
+
+impl Storage {
+    /// The `[database]` and `[blobs]` sections of a hub configuration file.
+    pub fn config_toml(&self) -> String {
+        let mut t = String::new();
+        if !self.database_url.is_empty() {
+            t.push_str(&format!("[database]\nurl = {:?}\n", self.database_url));
+        }
+        let b = &self.blobs;
+        if !b.url.is_empty() {
+            t.push_str(&format!(
+                "[blobs]\nurl = {:?}\nendpoint = {:?}\nregion = {:?}\naccess_key_id = {:?}\nsecret_access_key = {:?}\n",
+                b.url, b.endpoint, b.region, b.access_key_id, b.secret_access_key
+            ));
+        }
+        t
+    }
+
+    /// In-process hub settings in `data_dir` on this storage.
+    pub fn settings(&self, data_dir: PathBuf, trusted: TrustedKeys) -> Settings {
+        let mut s = Settings::new(data_dir, trusted);
+        s.database_url.clone_from(&self.database_url);
+        s.blobs = self.blobs.clone();
+        s
+    }
+}
 
 /// The admin token every test hub starts with.
 pub const ADMIN: &str = "test-admin-token-0123456789";
@@ -93,22 +218,29 @@ pub struct TestHub {
     pub mqtt_port: u16,
     /// MQTT TLS port, when started with TLS.
     pub mqtts_port: Option<u16>,
+    /// Its database and blob store (to start it again on the same ones, or a second node).
+    pub storage: Storage,
     child: Option<Child>,
 }
 
 /// Options of a test hub.
 #[derive(Debug, Default)]
 pub struct Options {
-    /// Extra TOML for the config file.
+    /// Extra TOML for the config file (no `[database]` or `[blobs]`: see `storage`).
     pub config: String,
     /// Reuse this directory (restart after a crash).
     pub dir: Option<tempfile::TempDir>,
+    /// Database and blob store (default: embedded in the data directory).
+    pub storage: Storage,
 }
 
 impl TestHub {
-    /// A hub that trusts the key of [`publisher`]`(1)`.
-    pub fn start() -> Self {
-        Self::start_with(Options::default())
+    /// A hub on `backend` that trusts the key of [`publisher`]`(1)`.
+    pub fn start(backend: Backend) -> Self {
+        Self::start_with(Options {
+            storage: backend.storage(),
+            ..Options::default()
+        })
     }
 
     /// A hub with options.
@@ -116,7 +248,8 @@ impl TestHub {
         let dir = options.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let key_file = trust(dir.path(), &publisher(1), "publisher");
         let config = format!(
-            "[registry]\ntrusted_keys = [{:?}]\nmax_package_bytes = 2000000\n{}\n",
+            "{}\n[registry]\ntrusted_keys = [{:?}]\nmax_package_bytes = 2000000\n{}\n",
+            options.storage.config_toml(),
             key_file.display().to_string(),
             options.config
         );
@@ -159,6 +292,7 @@ impl TestHub {
         };
         let port = |a: String| a.rsplit(':').next().unwrap().parse::<u16>().ok();
         Self {
+            storage: options.storage,
             http: format!("http://{}", field("http")),
             mqtt_port: port(field("mqtt")).unwrap(),
             mqtts_port: port(field("mqtts")),
@@ -195,23 +329,30 @@ impl TestHub {
     }
 
     /// Sends SIGTERM and returns the exit status (waits up to 30 s).
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.stop().0
+    }
+
+    /// Sends SIGTERM, waits up to 30 s, and returns the exit status and the directory.
+    pub fn stop(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
         let mut c = self.child.take().unwrap();
         Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status()
             .unwrap();
         let start = Instant::now();
-        loop {
+        let status = loop {
             if let Some(status) = c.try_wait().unwrap() {
-                return status;
+                break status;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "the hub did not stop after SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        (status, std::mem::replace(&mut self.dir, dir))
     }
 }
 
@@ -269,6 +410,14 @@ impl Api {
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         Self::finish(
             self.http.post(format!("{}{path}", self.base)).json(body),
+            &self.token,
+        )
+    }
+
+    /// PUT JSON → (status, JSON).
+    pub fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        Self::finish(
+            self.http.put(format!("{}{path}", self.base)).json(body),
             &self.token,
         )
     }

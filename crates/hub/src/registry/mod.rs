@@ -7,31 +7,29 @@
 //! package again is a no-op (`created: false`); a different package under an existing model,
 //! version and hardware class is a conflict.
 
-use std::collections::BTreeMap;
+pub mod store;
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use package::TrustedKeys;
 use proto::Timestamp;
-use proto::api::{
-    AliasChange, DownloadUrl, ModelDetail, ModelSummary, PackagePushed, VariantInfo, VersionInfo,
-};
+use proto::api::{AliasChange, DownloadUrl, ModelDetail, ModelSummary, PackagePushed};
 use proto::edgemlops::HardwareClass;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use tokio::io::AsyncWriteExt;
 
-use crate::auth::{DownloadSigner, url_safe_subject};
+pub use self::store::{NewPackage, Recorded, RegistryStore};
+use crate::auth::{DownloadGrant, DownloadSigner, url_safe_subject};
 use crate::blobs::Blobs;
-use crate::db::Pool;
 use crate::error::{DbContext, HubError};
 use crate::stdx::{hex, now_ms, ts};
 
 /// The registry's dependencies.
 #[derive(Clone, Debug)]
 pub struct Registry {
-    pool: Pool,
+    store: RegistryStore,
     blobs: Blobs,
     trusted: TrustedKeys,
     max_bytes: u64,
@@ -66,10 +64,16 @@ fn check_alias_name(alias: &str) -> Result<(), HubError> {
 }
 
 impl Registry {
-    /// A registry over the pool and blob store; uploads are staged in `staging`.
-    pub fn new(pool: Pool, blobs: Blobs, trusted: TrustedKeys, max_bytes: u64, staging: PathBuf) -> Self {
+    /// A registry over its rows and the blob store; uploads are staged in `staging`.
+    pub fn new(
+        store: RegistryStore,
+        blobs: Blobs,
+        trusted: TrustedKeys,
+        max_bytes: u64,
+        staging: PathBuf,
+    ) -> Self {
         Self {
-            pool,
+            store,
             blobs,
             trusted,
             max_bytes,
@@ -143,12 +147,7 @@ impl Registry {
         if let Some(answer) = self.stored_variant(&pushed).await? {
             return answer;
         }
-        if let Some(task_of_model) =
-            sqlx::query_scalar::<_, String>("SELECT task FROM models WHERE name = $1")
-                .bind(&m.name)
-                .fetch_optional(&self.pool)
-                .await
-                .db("looking up a model")?
+        if let Some(task_of_model) = self.store.model_task(&m.name).await.db("looking up a model")?
             && task_of_model != task
         {
             return Err(HubError::Conflict(format!(
@@ -156,56 +155,30 @@ impl Registry {
                 m.name
             )));
         }
+        // Durable in the blob store (fsync, or a completed multipart upload) before any row names it.
         if !self.blobs.exists(&sha256).await? {
             self.blobs.put_file(&sha256, staged.path()).await?;
         }
-        let now = now_ms();
         let manifest_text = String::from_utf8_lossy(&verified.manifest_bytes).into_owned();
-        let mut tx = crate::db::begin_write(&self.pool).await.db("storing a package")?;
-        sqlx::query("INSERT INTO blobs (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
-            .bind(&sha256)
-            .bind(i64::try_from(size).unwrap_or(i64::MAX))
-            .bind(now)
-            .execute(&mut *tx)
+        let recorded = self
+            .store
+            .record(
+                &NewPackage {
+                    model: &m.name,
+                    task: &task,
+                    version: &m.version,
+                    hardware_class: &class,
+                    sha256: &sha256,
+                    size,
+                    manifest: &manifest_text,
+                },
+                now_ms(),
+            )
             .await
             .db("storing a package")?;
-        sqlx::query(
-            "INSERT INTO models (name, task, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&m.name)
-        .bind(&task)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .db("storing a package")?;
-        sqlx::query(
-            "INSERT INTO model_versions (model, version, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (model, version) DO NOTHING",
-        )
-        .bind(&m.name)
-        .bind(&m.version)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .db("storing a package")?;
-        let inserted = sqlx::query(
-            "INSERT INTO variants (model, version, hardware_class, sha256, size, manifest, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (model, version, hardware_class) DO NOTHING",
-        )
-        .bind(&m.name)
-        .bind(&m.version)
-        .bind(&class)
-        .bind(&sha256)
-        .bind(i64::try_from(size).unwrap_or(i64::MAX))
-        .bind(&manifest_text)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .db("storing a package")?;
-        if inserted.rows_affected() == 0 {
+        if recorded == Recorded::AlreadyThere {
             // A concurrent push of the same variant committed first: answer as if it had been
             // stored before this one started.
-            tx.rollback().await.db("storing a package")?;
             if let Some(answer) = self.stored_variant(&pushed).await? {
                 return answer;
             }
@@ -214,7 +187,6 @@ impl Registry {
                 m.name, m.version
             )));
         }
-        tx.commit().await.db("storing a package")?;
         tracing::info!(model = %m.name, version = %m.version, class = %class, %sha256, size, signer = %verified.signer.as_str(), "package stored");
         Ok(pushed)
     }
@@ -226,15 +198,11 @@ impl Registry {
         &self,
         pushed: &PackagePushed,
     ) -> Result<Option<Result<PackagePushed, HubError>>, HubError> {
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT sha256 FROM variants WHERE model = $1 AND version = $2 AND hardware_class = $3",
-        )
-        .bind(&pushed.model)
-        .bind(&pushed.version)
-        .bind(&pushed.hardware_class)
-        .fetch_optional(&self.pool)
-        .await
-        .db("looking up a variant")?;
+        let existing = self
+            .store
+            .variant_sha256(&pushed.model, &pushed.version, &pushed.hardware_class)
+            .await
+            .db("looking up a variant")?;
         Ok(existing.map(|stored| {
             if stored == pushed.sha256 {
                 Ok(PackagePushed {
@@ -286,106 +254,16 @@ impl Registry {
 
     /// Every model.
     pub async fn list(&self) -> Result<Vec<ModelSummary>, HubError> {
-        let models = sqlx::query("SELECT name, task, created_at FROM models ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .db("listing models")?;
-        let mut out = Vec::with_capacity(models.len());
-        for m in models {
-            let name: String = m.get(0);
-            let versions: Vec<String> = sqlx::query_scalar(
-                "SELECT version FROM model_versions WHERE model = $1 ORDER BY created_at, version",
-            )
-            .bind(&name)
-            .fetch_all(&self.pool)
-            .await
-            .db("listing model versions")?;
-            out.push(ModelSummary {
-                aliases: self.aliases(&name).await?,
-                name,
-                task: m.get(1),
-                versions,
-                created_at: ts(m.get(2)),
-            });
-        }
-        Ok(out)
-    }
-
-    async fn aliases(&self, model: &str) -> Result<BTreeMap<String, String>, HubError> {
-        let rows = sqlx::query("SELECT alias, version FROM aliases WHERE model = $1")
-            .bind(model)
-            .fetch_all(&self.pool)
-            .await
-            .db("listing aliases")?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        self.store.list().await.db("listing models")
     }
 
     /// One model with its versions, variants, aliases and alias history.
     pub async fn get(&self, name: &str) -> Result<ModelDetail, HubError> {
-        let model = sqlx::query("SELECT task FROM models WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
+        self.store
+            .get(name)
             .await
             .db("reading a model")?
-            .ok_or_else(|| HubError::not_found("model", name))?;
-        let versions = sqlx::query(
-            "SELECT version, created_at FROM model_versions WHERE model = $1 ORDER BY created_at, version",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await
-        .db("reading model versions")?;
-        let mut out = Vec::with_capacity(versions.len());
-        for v in versions {
-            let version: String = v.get(0);
-            let variants = sqlx::query(
-                "SELECT hardware_class, sha256, size, created_at, manifest FROM variants \
-                 WHERE model = $1 AND version = $2 ORDER BY hardware_class",
-            )
-            .bind(name)
-            .bind(&version)
-            .fetch_all(&self.pool)
-            .await
-            .db("reading variants")?;
-            out.push(VersionInfo {
-                version,
-                created_at: ts(v.get(1)),
-                variants: variants
-                    .iter()
-                    .map(|r| VariantInfo {
-                        hardware_class: r.get(0),
-                        sha256: r.get(1),
-                        size: u64::try_from(r.get::<i64, _>(2)).unwrap_or_default(),
-                        created_at: ts(r.get(3)),
-                        manifest: serde_json::from_str(r.get::<&str, _>(4)).unwrap_or_default(),
-                    })
-                    .collect(),
-            });
-        }
-        let history = sqlx::query(
-            "SELECT alias, previous, version, changed_at, changed_by FROM alias_history \
-             WHERE model = $1 ORDER BY changed_at",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await
-        .db("reading alias history")?;
-        Ok(ModelDetail {
-            name: name.to_owned(),
-            task: model.get(0),
-            versions: out,
-            aliases: self.aliases(name).await?,
-            alias_history: history
-                .iter()
-                .map(|r| AliasChange {
-                    alias: r.get(0),
-                    previous: r.get(1),
-                    version: r.get(2),
-                    changed_at: ts(r.get(3)),
-                    changed_by: r.get(4),
-                })
-                .collect(),
-        })
+            .ok_or_else(|| HubError::not_found("model", name))
     }
 
     /// Points `alias` of `model` at `version` (creating or moving it) and records the change.
@@ -397,50 +275,20 @@ impl Registry {
         by: &str,
     ) -> Result<AliasChange, HubError> {
         check_alias_name(alias)?;
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM model_versions WHERE model = $1 AND version = $2")
-                .bind(model)
-                .bind(version)
-                .fetch_optional(&self.pool)
-                .await
-                .db("looking up a model version")?;
-        if exists.is_none() {
+        if !self
+            .store
+            .version_exists(model, version)
+            .await
+            .db("looking up a model version")?
+        {
             return Err(HubError::not_found("model version", format!("{model}@{version}")));
         }
         let now = now_ms();
-        let mut tx = crate::db::begin_write(&self.pool).await.db("setting an alias")?;
-        let previous: Option<String> =
-            sqlx::query_scalar("SELECT version FROM aliases WHERE model = $1 AND alias = $2")
-                .bind(model)
-                .bind(alias)
-                .fetch_optional(&mut *tx)
-                .await
-                .db("setting an alias")?;
-        sqlx::query(
-            "INSERT INTO aliases (model, alias, version, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (model, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
-        )
-        .bind(model)
-        .bind(alias)
-        .bind(version)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .db("setting an alias")?;
-        sqlx::query(
-            "INSERT INTO alias_history (model, alias, previous, version, changed_at, changed_by) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(model)
-        .bind(alias)
-        .bind(&previous)
-        .bind(version)
-        .bind(now)
-        .bind(by)
-        .execute(&mut *tx)
-        .await
-        .db("setting an alias")?;
-        tx.commit().await.db("setting an alias")?;
+        let previous = self
+            .store
+            .set_alias(model, alias, version, by, now)
+            .await
+            .db("setting an alias")?;
         Ok(AliasChange {
             alias: alias.to_owned(),
             previous,
@@ -452,23 +300,19 @@ impl Registry {
 
     /// A version of `model` named directly or through an alias.
     pub async fn resolve_version(&self, model: &str, version_or_alias: &str) -> Result<String, HubError> {
-        let direct: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM model_versions WHERE model = $1 AND version = $2")
-                .bind(model)
-                .bind(version_or_alias)
-                .fetch_optional(&self.pool)
-                .await
-                .db("looking up a model version")?;
-        if direct.is_some() {
+        if self
+            .store
+            .version_exists(model, version_or_alias)
+            .await
+            .db("looking up a model version")?
+        {
             return Ok(version_or_alias.to_owned());
         }
-        let aliased: Option<String> =
-            sqlx::query_scalar("SELECT version FROM aliases WHERE model = $1 AND alias = $2")
-                .bind(model)
-                .bind(version_or_alias)
-                .fetch_optional(&self.pool)
-                .await
-                .db("looking up an alias")?;
+        let aliased = self
+            .store
+            .alias_target(model, version_or_alias)
+            .await
+            .db("looking up an alias")?;
         aliased.ok_or_else(|| {
             HubError::not_found("model version or alias", format!("{model}@{version_or_alias}"))
         })
@@ -483,14 +327,7 @@ impl Registry {
         device_class: Option<&HardwareClass>,
         override_class: Option<&str>,
     ) -> Result<ChosenVariant, HubError> {
-        let rows =
-            sqlx::query("SELECT hardware_class, sha256 FROM variants WHERE model = $1 AND version = $2")
-                .bind(model)
-                .bind(version)
-                .fetch_all(&self.pool)
-                .await
-                .db("listing variants")?;
-        let available: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let available = self.store.variants(model, version).await.db("listing variants")?;
         if available.is_empty() {
             return Err(HubError::not_found("model version", format!("{model}@{version}")));
         }
@@ -537,12 +374,49 @@ impl Registry {
 
     /// Whether a package digest is stored (downloads of anything else are 404 before any token check).
     pub async fn blob_known(&self, sha256: &str) -> Result<bool, HubError> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM blobs WHERE sha256 = $1")
-            .bind(sha256)
-            .fetch_optional(&self.pool)
-            .await
-            .db("looking up a package")?;
-        Ok(found.is_some())
+        self.store.blob_known(sha256).await.db("looking up a package")
+    }
+}
+
+/// Makes and checks package download URLs: the hub's public URL, a signed token scoped to one
+/// package and expiring after `registry.download_token_ttl_secs`.
+#[derive(Clone, Debug)]
+pub struct DownloadLinks {
+    signer: DownloadSigner,
+    public_url: String,
+    ttl_secs: u64,
+}
+
+impl DownloadLinks {
+    /// Links under `public_url` signed by `signer`, valid for `ttl_secs`.
+    pub fn new(signer: DownloadSigner, public_url: String, ttl_secs: u64) -> Self {
+        Self {
+            signer,
+            public_url,
+            ttl_secs,
+        }
+    }
+
+    /// A download URL for the package `sha256`, made for `subject` (a device or user).
+    pub fn url(&self, sha256: &str, subject: &str) -> DownloadUrl {
+        self.url_with_ttl(sha256, subject, self.ttl_secs)
+    }
+
+    /// [`DownloadLinks::url`] valid for `ttl_secs` instead of the configured lifetime.
+    pub fn url_with_ttl(&self, sha256: &str, subject: &str, ttl_secs: u64) -> DownloadUrl {
+        download_url(&self.signer, &self.public_url, sha256, subject, ttl_secs)
+    }
+
+    /// Checks a download URL's token at `now` (unix seconds).
+    pub fn verify(
+        &self,
+        sha256: &str,
+        subject: Option<&str>,
+        expires: Option<i64>,
+        sig: Option<&str>,
+        now: i64,
+    ) -> Result<DownloadGrant, HubError> {
+        self.signer.verify(sha256, subject, expires, sig, now)
     }
 }
 

@@ -4,7 +4,9 @@
 //! processes, and the `loadgen` example: N devices (rumqttc, one TCP connection each) all connect
 //! at the same moment (the thundering herd after a restart or an outage), then publish QoS 1
 //! measurements at a fixed rate for a fixed time. The hubs' resident memory is sampled from /proc
-//! while it runs. Writes `bench/results/hub.json` and `bench/results/hub.md`.
+//! while it runs, and the CPU time of every program from /proc. A second pass offers twice the
+//! load to PostgreSQL with one and with two nodes, to compare what each can store. Writes
+//! `bench/results/hub.json` and `bench/results/hub.md`.
 //!
 //! Every process (load generator, hubs, PostgreSQL, HAProxy) shares this machine's cores. A
 //! process here may hold at most 20,000 file descriptors (the hard limit), and HAProxy needs two
@@ -131,6 +133,40 @@ struct Options {
     seconds: u64,
     rate: f64,
     setups: Vec<Setup>,
+    /// The capacity pass: PostgreSQL x1 and x2 at this rate (0: none).
+    capacity_rate: f64,
+    capacity_seconds: u64,
+}
+
+/// CPU seconds (user + system) of the running processes of the programs that take part, read
+/// from /proc (clock ticks of 1/100 s).
+fn cpu_by_program() -> std::collections::BTreeMap<&'static str, f64> {
+    const PROGRAMS: [&str; 5] = ["edgemlops-hub", "loadgen", "postgres", "haproxy", "garage"];
+    let mut out: std::collections::BTreeMap<&'static str, f64> = PROGRAMS.iter().map(|p| (*p, 0.0)).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the command: state is field 3, utime 14 and stime 15 (1-based, whole line).
+        let ticks = |i: usize| {
+            fields
+                .get(i - 3)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if let Some(p) = PROGRAMS.iter().find(|p| comm.starts_with(&p[..p.len().min(15)])) {
+            *out.entry(p).or_default() += (ticks(14) + ticks(15)) / 100.0;
+        }
+    }
+    out
 }
 
 fn parse(args: &[&str]) -> Result<Options> {
@@ -139,6 +175,8 @@ fn parse(args: &[&str]) -> Result<Options> {
         seconds: 60,
         rate: 2.0,
         setups: Vec::new(),
+        capacity_rate: 4.0,
+        capacity_seconds: 30,
     };
     let mut backend: Option<bool> = None;
     let mut nodes: Option<usize> = None;
@@ -157,8 +195,10 @@ fn parse(args: &[&str]) -> Result<Options> {
                 });
             }
             "--nodes" => nodes = Some(v.parse()?),
+            "--capacity-rate" => o.capacity_rate = v.parse()?,
             other => bail!(
-                "unknown argument {other} (use --backend sqlite|postgres --nodes 1|2 --devices N --seconds S --rate R)"
+                "unknown argument {other} (use --backend sqlite|postgres --nodes 1|2 --devices N --seconds S \
+                 --rate R --capacity-rate R)"
             ),
         }
     }
@@ -180,10 +220,14 @@ fn parse(args: &[&str]) -> Result<Options> {
         (Some(false), Some(n)) if n > 1 => {
             bail!("SQLite serves one node; several nodes need --backend postgres")
         }
-        (b, n) => vec![Setup {
-            postgres: b.unwrap_or(n.unwrap_or(1) > 1),
-            nodes: n.unwrap_or(1),
-        }],
+        (b, n) => {
+            // One configuration asked for: no capacity pass.
+            o.capacity_rate = 0.0;
+            vec![Setup {
+                postgres: b.unwrap_or(n.unwrap_or(1) > 1),
+                nodes: n.unwrap_or(1),
+            }]
+        }
     };
     if o.setups.iter().any(|s| !(1..=2).contains(&s.nodes)) {
         bail!("--nodes is 1 or 2");
@@ -200,15 +244,27 @@ pub fn run(args: &[&str]) -> Result<()> {
     let target = util::target_dir()?;
     let hub_bin = release.join("edgemlops-hub");
     let loadgen = release.join("examples/loadgen");
+    let mut passes: Vec<(Setup, f64, u64, &str)> =
+        o.setups.iter().map(|s| (*s, o.rate, o.seconds, "goal")).collect();
+    if o.capacity_rate > 0.0 {
+        for nodes in [1, 2] {
+            passes.push((
+                Setup {
+                    postgres: true,
+                    nodes,
+                },
+                o.capacity_rate,
+                o.capacity_seconds,
+                "capacity",
+            ));
+        }
+    }
     let mut runs = Vec::new();
-    for setup in &o.setups {
-        let setup = *setup;
+    for (setup, rate, seconds, pass) in passes {
         eprintln!(
-            "xtask: {}: {} devices x {} msg/s for {} s",
+            "xtask: {} ({pass}): {} devices x {rate} msg/s for {seconds} s",
             setup.name(),
             o.devices,
-            o.rate,
-            o.seconds
         );
         let dir = target.join("bench-hub");
         let _ = std::fs::remove_dir_all(&dir);
@@ -255,6 +311,8 @@ pub fn run(args: &[&str]) -> Result<()> {
             })
         };
         let load_before = load_average();
+        let cpu_before = cpu_by_program();
+        let started = std::time::Instant::now();
         let out = dir.join("loadgen.json");
         util::run(
             Command::new(&loadgen)
@@ -264,13 +322,23 @@ pub fn run(args: &[&str]) -> Result<()> {
                     "--devices",
                     &o.devices.to_string(),
                     "--seconds",
-                    &o.seconds.to_string(),
+                    &seconds.to_string(),
                 ])
-                .args(["--rate", &o.rate.to_string(), "--out", &util::path_str(&out)])
+                .args(["--rate", &rate.to_string(), "--out", &util::path_str(&out)])
                 .stdout(Stdio::null()),
         )?;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu_after = cpu_by_program();
         done.store(true, Ordering::Relaxed);
         let _ = sampler.join();
+        // The loadgen has exited: its time is gone from /proc, so it is the machine's rest.
+        let cores: serde_json::Map<String, Value> = cpu_after
+            .iter()
+            .map(|(p, after)| {
+                let used = after - cpu_before.get(p).copied().unwrap_or(0.0);
+                ((*p).to_owned(), json!((used / wall * 100.0).round() / 100.0))
+            })
+            .collect();
         let mut result: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
         let rss: Vec<u64> = pids
             .iter()
@@ -281,6 +349,13 @@ pub fn run(args: &[&str]) -> Result<()> {
             })
             .collect();
         result["setup"] = json!(setup.name());
+        result["pass"] = json!(pass);
+        let mut cores = cores;
+        if let Some(cpu) = result["cpu_secs"].as_f64() {
+            cores.insert("loadgen".into(), json!((cpu / wall * 100.0).round() / 100.0));
+        }
+        result["cores_used"] = Value::Object(cores);
+        result["wall_secs"] = json!(wall);
         result["backend"] = json!(if setup.postgres { "postgres" } else { "sqlite" });
         result["nodes"] = json!(setup.nodes);
         result["load_balancers"] = json!(balancers.len());
@@ -288,7 +363,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         result["load_average_before"] = json!(load_before);
         result["load_average_after"] = json!(load_average());
         eprintln!(
-            "xtask: {}: {:.0} stored/s, PUBACK p50 {:.1} ms p99 {:.1} ms, herd connected in {:.1} s",
+            "xtask: {} ({pass}): {:.0} stored/s, PUBACK p50 {:.1} ms p99 {:.1} ms, herd connected in {:.1} s",
             setup.name(),
             result["stored_msgs_per_sec"].as_f64().unwrap_or(0.0),
             result["ack_latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
@@ -314,19 +389,9 @@ fn write_results(o: &Options, runs: &[Value]) -> Result<()> {
     std::fs::create_dir_all(&results)?;
     std::fs::write(results.join("hub.json"), serde_json::to_string_pretty(&report)?)?;
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let mut md = format!(
-        "# Hub load benchmark\n\n`cargo xtask bench hub`: {} simulated devices (rumqttc, MQTT 3.1.1, one TCP \
-         connection each) start connecting at the same moment (a thundering herd, as after a hub restart), \
-         then publish QoS 1 measurements at {} msg/s each for {} s, on each storage configuration with \
-         release `edgemlops-hub` nodes and default settings (MQTT workers: one per core). Stored = messages \
-         the hubs committed (the sum of their `edgemlops_hub_messages_stored_total`); PUBACK latency = \
-         publish written → PUBACK received, which includes the group commit. Two nodes sit behind two \
-         HAProxy instances (TCP mode; one would need more file descriptors than a process may hold here).\n\n\
-         | setup | devices | all connected s | connection attempts | offered msg/s | stored msg/s | acked | stored | p50 ack ms | p99 ack ms | hub peak RSS |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
-        o.devices, o.rate, o.seconds
-    );
-    for r in runs {
+    let header = "| setup | devices | all connected s | connection attempts | offered msg/s | stored msg/s | acked | stored | p50 ack ms | p99 ack ms | hub peak RSS | cores used: load generator / hubs / PostgreSQL / HAProxy |\n\
+                  |---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    let row = |r: &Value| {
         let rss: Vec<String> = r["hub_rss_peak_bytes"]
             .as_array()
             .cloned()
@@ -334,8 +399,9 @@ fn write_results(o: &Options, runs: &[Value]) -> Result<()> {
             .iter()
             .map(|b| format!("{:.0} MB", b.as_f64().unwrap_or(0.0) / 1e6))
             .collect();
-        md.push_str(&format!(
-            "| {} | {} | {:.1} | {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {} |\n",
+        let c = &r["cores_used"];
+        format!(
+            "| {} | {} | {:.1} | {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {} | {:.2} / {:.2} / {:.2} / {:.2} |\n",
             r["setup"].as_str().unwrap_or("?"),
             r["devices"],
             f(&r["herd"]["connect_all_secs"]),
@@ -347,7 +413,37 @@ fn write_results(o: &Options, runs: &[Value]) -> Result<()> {
             f(&r["ack_latency_ms"]["p50"]),
             f(&r["ack_latency_ms"]["p99"]),
             rss.join(" + "),
+            f(&c["loadgen"]),
+            f(&c["edgemlops-hub"]),
+            f(&c["postgres"]),
+            f(&c["haproxy"]),
+        )
+    };
+    let mut md = format!(
+        "# Hub load benchmark\n\n`cargo xtask bench hub`: {} simulated devices (rumqttc, MQTT 3.1.1, one TCP \
+         connection each) start connecting at the same moment (a thundering herd, as after a hub restart), \
+         then publish QoS 1 measurements at a fixed rate, on each storage configuration with release \
+         `edgemlops-hub` nodes and default settings (MQTT workers: one per core). Stored = messages the hubs \
+         committed (the sum of their `edgemlops_hub_messages_stored_total`, counted until the last \
+         acknowledgement, so a backlog drained after the window counts too); PUBACK latency = publish \
+         written → PUBACK received, which includes the group commit. Two nodes sit behind two HAProxy \
+         instances (TCP mode; one would need more file descriptors than a process may hold here). Cores \
+         used = CPU seconds of each program over the run's wall time (registration, connect and publish \
+         phases); the machine has {} cores.\n\n## The goal: {} msg/s each for {} s\n\n{header}",
+        o.devices, report["machine"]["cores"], o.rate, o.seconds
+    );
+    for r in runs.iter().filter(|r| r["pass"] == "goal") {
+        md.push_str(&row(r));
+    }
+    let capacity: Vec<&Value> = runs.iter().filter(|r| r["pass"] == "capacity").collect();
+    if !capacity.is_empty() {
+        md.push_str(&format!(
+            "\n## Capacity: {} msg/s each for {} s (twice the goal), PostgreSQL with one and two nodes\n\n{header}",
+            o.capacity_rate, o.capacity_seconds
         ));
+        for r in &capacity {
+            md.push_str(&row(r));
+        }
     }
     md.push_str(&format!(
         "\nMachine: {} cores, {}.\n",

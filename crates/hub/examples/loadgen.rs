@@ -10,7 +10,10 @@
 //!   `edgemlops_hub_messages_stored_total` before and after), stored per second, and the
 //!   publish → PUBACK latency distribution.
 //!
-//! A device that fails to connect retries after a random 1 to 5 s, as real device agents do.
+//! A device that fails to connect retries after a random 1 to 5 s, as real device agents do. The
+//! event loop is never polled with a timeout: dropping rumqttc's `poll()` while it waits for a
+//! CONNACK abandons the connection and the next poll opens another, which turns a slow CONNACK
+//! into a reconnect storm of the load generator's own making.
 //!
 //! `loadgen --http URL --mqtt HOST:PORT[,HOST:PORT...] --metrics URL[,URL...] --token ADMIN
 //!  [--devices 1000] [--seconds 60] [--rate 1.0] [--connect-timeout 30] [--out FILE]`
@@ -196,12 +199,13 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             let mut sent_at: HashMap<u16, Instant> = HashMap::new();
             let mut latencies: Vec<u64> = Vec::new();
-            let mut measuring = false;
             let mut window_end = None;
             let mut attempt = 0u64;
-            let publisher = {
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            {
                 let client = client.clone();
                 let c = c.clone();
+                let done = done.clone();
                 tokio::spawn(async move {
                     go.notified().await;
                     // Spread the devices over one period so the load is even.
@@ -222,27 +226,31 @@ async fn main() {
                         c.published.fetch_add(1, Ordering::Relaxed);
                         seq += 1;
                     }
-                })
-            };
+                    done.store(true, Ordering::Relaxed);
+                    // Wakes the event loop once the last acknowledgements had their time.
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    let _ = client.disconnect().await;
+                });
+            }
             attempt += 1;
             c.attempts.fetch_add(1, Ordering::Relaxed);
             loop {
-                match tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         c.connected.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                        measuring = true;
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         sent_at.insert(pkid, Instant::now());
                     }
-                    Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         if let Some(t) = sent_at.remove(&ack.pkid) {
                             latencies.push(t.elapsed().as_micros() as u64);
                             c.acked.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(e) => {
                         let text = e.to_string();
                         if text.contains("imeout") || text.contains("imed out") {
                             c.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -252,13 +260,15 @@ async fn main() {
                         if c.connected.load(Ordering::Relaxed) as usize >= 1 {
                             eprintln!("loadgen: {id}: {text}");
                         }
+                        if done.load(Ordering::Relaxed) {
+                            break;
+                        }
                         tokio::time::sleep(jitter(n as u64, attempt)).await;
                         attempt += 1;
                         c.attempts.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => {}
                 }
-                if measuring && publisher.is_finished() {
+                if done.load(Ordering::Relaxed) {
                     let end = *window_end.get_or_insert_with(|| Instant::now() + Duration::from_secs(10));
                     if sent_at.is_empty() || Instant::now() > end {
                         break;
@@ -298,7 +308,19 @@ async fn main() {
     let stored = metric_total(&http, &a.metrics, &a.token, "edgemlops_hub_messages_stored_total").await
         - stored_before;
     latencies.sort_unstable();
+    // This process's CPU time (user + system, clock ticks of 1/100 s): the share of the machine
+    // the load itself takes.
+    let cpu_secs = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s[s.rfind(')')? + 1..].to_owned();
+            let f: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            // utime and stime are fields 14 and 15; `rest` starts at field 3 (state, not a number).
+            Some((f.get(10)? + f.get(11)?) / 100.0)
+        })
+        .unwrap_or(f64::NAN);
     let result = json!({
+        "cpu_secs": cpu_secs,
         "devices": a.devices,
         "mqtt_endpoints": a.mqtt.len(),
         "seconds": a.seconds,

@@ -5,7 +5,9 @@
 //!   `cluster.heartbeat_secs`; a node silent for `cluster.node_timeout_secs` (killed, cut off) is
 //!   gone, and so are the sessions of the devices that were connected to it.
 //! - **Signals** ([`Signal`]) go through PostgreSQL `NOTIFY` on one channel, as JSON with the
-//!   sender's node id; every node `LISTEN`s and ignores its own. A command created on node A
+//!   sender's node id; every node `LISTEN`s and ignores its own. A `NOTIFY` commits a transaction,
+//!   so a sender task batches what is queued meanwhile into one notification (up to the payload
+//!   limit): 10,000 devices reconnecting at once cost a few dozen notifications, not 10,000. A command created on node A
 //!   reaches a device connected to node B this way; a device that connects to node B makes node A
 //!   close its stale connection (takeover, without its last will); a token change closes the
 //!   device's connection wherever it is. On SQLite there is one node and nothing to send.
@@ -18,11 +20,13 @@
 //!   database connection, so a node that dies releases it and another node takes over within
 //!   `cluster.fleet_interval_secs`.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proto::DeviceId;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::db::{Db, Engine};
 use crate::error::{DbContext, HubError};
@@ -68,11 +72,42 @@ pub enum Signal {
     },
 }
 
+/// One notification: signals of one node, in the order it sent them.
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     from: String,
-    #[serde(flatten)]
-    signal: Signal,
+    signals: Vec<Signal>,
+}
+
+/// Largest notification payload sent (PostgreSQL's limit is 8000 bytes).
+const MAX_PAYLOAD: usize = 7000;
+
+/// The notification payloads for `signals` from `from`: as few as fit under [`MAX_PAYLOAD`].
+fn encode(from: &str, signals: &[Signal]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut batch: Vec<Signal> = Vec::new();
+    let mut size = 0;
+    for signal in signals {
+        let len = serde_json::to_string(signal).map_or(0, |t| t.len() + 1);
+        if !batch.is_empty() && size + len > MAX_PAYLOAD {
+            out.push(std::mem::take(&mut batch));
+            size = 0;
+        }
+        batch.push(signal.clone());
+        size += len;
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out.into_iter()
+        .filter_map(|signals| {
+            serde_json::to_string(&Envelope {
+                from: from.to_owned(),
+                signals,
+            })
+            .ok()
+        })
+        .collect()
 }
 
 /// Timings of the cluster.
@@ -106,6 +141,8 @@ pub struct Cluster {
     node: String,
     settings: ClusterSettings,
     leader: AtomicBool,
+    /// The queue of the task that sends signals (started on the first one).
+    outbox: OnceLock<mpsc::UnboundedSender<Signal>>,
 }
 
 impl Cluster {
@@ -121,6 +158,7 @@ impl Cluster {
             node,
             settings,
             leader: AtomicBool::new(false),
+            outbox: OnceLock::new(),
         }
     }
 
@@ -186,36 +224,31 @@ impl Cluster {
         }
     }
 
-    /// Sends `signal` to the other nodes (nothing to do with one node). A signal that cannot be
-    /// sent is logged: the database stays the record, nodes catch up from it.
-    pub async fn publish(&self, signal: &Signal) {
+    /// Queues `signal` for the other nodes (nothing to do with one node); it is sent shortly,
+    /// batched with others. A signal that cannot be sent is logged: the database stays the record,
+    /// nodes catch up from it.
+    pub fn publish(&self, signal: Signal) {
         if !self.shared() {
             return;
         }
-        let envelope = Envelope {
-            from: self.node.clone(),
-            signal: signal.clone(),
-        };
-        let payload = match serde_json::to_string(&envelope) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode a cluster signal");
-                return;
-            }
-        };
-        if let Err(e) = self.db.notify(CHANNEL, &payload).await {
-            tracing::warn!(error = %e, ?signal, "cluster signal not sent");
+        let tx = self.outbox.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(send_signals(self.db.clone(), self.node.clone(), rx));
+            tx
+        });
+        if tx.send(signal).is_err() {
+            tracing::warn!("cluster signal not sent: the sender stopped");
         }
     }
 
-    /// Reads a notification: the signal, unless this node sent it (or it is not one).
-    pub fn receive(&self, payload: &str) -> Option<Signal> {
+    /// Reads a notification: its signals, unless this node sent them (or it is not one).
+    pub fn receive(&self, payload: &str) -> Vec<Signal> {
         match serde_json::from_str::<Envelope>(payload) {
-            Ok(e) if e.from == self.node => None,
-            Ok(e) => Some(e.signal),
+            Ok(e) if e.from == self.node => Vec::new(),
+            Ok(e) => e.signals,
             Err(e) => {
                 tracing::warn!(error = %e, payload, "cluster signal not understood");
-                None
+                Vec::new()
             }
         }
     }
@@ -236,6 +269,20 @@ impl Cluster {
     }
 }
 
+/// Sends queued signals: everything queued while the previous notification went out goes in the
+/// next one (or a few, by payload size). Ends when the cluster is dropped.
+async fn send_signals(db: Db, from: String, mut rx: mpsc::UnboundedReceiver<Signal>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        for payload in encode(&from, &batch) {
+            if let Err(e) = db.notify(CHANNEL, &payload).await {
+                tracing::warn!(error = %e, signals = batch.len(), "cluster signals not sent");
+            }
+        }
+        batch.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,14 +299,33 @@ mod tests {
             device: DeviceId::new("cam").unwrap(),
             at: 7,
         };
-        let text = serde_json::to_string(&Envelope {
-            from: a.node_id().to_owned(),
-            signal: signal.clone(),
-        })
-        .unwrap();
-        assert!(text.contains(r#""signal":"connected""#), "{text}");
-        assert_eq!(b.receive(&text), Some(signal));
-        assert_eq!(a.receive(&text), None, "a node ignores what it sent");
-        assert_eq!(b.receive("{}"), None);
+        let texts = encode(a.node_id(), std::slice::from_ref(&signal));
+        assert_eq!(texts.len(), 1);
+        assert!(texts[0].contains(r#""signal":"connected""#), "{}", texts[0]);
+        assert_eq!(b.receive(&texts[0]), [signal]);
+        assert!(a.receive(&texts[0]).is_empty(), "a node ignores what it sent");
+        assert!(b.receive("{}").is_empty());
+    }
+
+    #[test]
+    fn many_signals_go_in_few_notifications_under_the_payload_limit_and_in_order() {
+        let signals: Vec<Signal> = (0..1000)
+            .map(|i| Signal::CommandCreated {
+                device: DeviceId::new(format!("device-{i:04}")).unwrap(),
+                command: format!("c-{i:024}"),
+            })
+            .collect();
+        let texts = encode("node-a", &signals);
+        assert!(
+            texts.len() > 1 && texts.len() < 20,
+            "{} notifications",
+            texts.len()
+        );
+        assert!(texts.iter().all(|t| t.len() <= 8000));
+        let back: Vec<Signal> = texts
+            .iter()
+            .flat_map(|t| serde_json::from_str::<Envelope>(t).unwrap().signals)
+            .collect();
+        assert_eq!(back, signals);
     }
 }

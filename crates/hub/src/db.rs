@@ -288,6 +288,10 @@ impl Db {
                             "PRAGMA synchronous = NORMAL",
                             "PRAGMA foreign_keys = ON",
                             "PRAGMA busy_timeout = 10000",
+                            // Telemetry indexes grow with the fleet; SQLite's default 2 MiB page
+                            // cache made every insert into them read pages again once the
+                            // database outgrew it (measured: 20,000 stored/s fell to 11,000).
+                            "PRAGMA cache_size = -65536",
                         ] {
                             conn.execute(pragma).await?;
                         }
@@ -469,6 +473,37 @@ impl Leadership {
     }
 }
 
+/// The placeholders of a statement with `rows` rows of `columns` parameters each, for the engine
+/// behind `tx`: `($1, $2), ($3, $4)` on PostgreSQL, `(?, ?), (?, ?)` on SQLite, where parameters
+/// are bound in order. (SQLite finds the position of a named `$n` by scanning the statement's
+/// parameter list, so binding n of them costs n² steps: measured at 16 % of the hub's CPU for
+/// 1,792-parameter inserts.)
+pub fn value_rows(tx: &Tx, rows: usize, columns: usize) -> String {
+    let numbered = tx.backend_name() != "SQLite";
+    let mut sql = String::with_capacity(rows * columns * 6);
+    let mut n = 0;
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            n += 1;
+            if numbered {
+                sql.push('$');
+                sql.push_str(&n.to_string());
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Whether an error is a unique-constraint violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
@@ -544,60 +579,48 @@ mod tests {
         assert_eq!(db.count("devices").await.unwrap(), 3);
     }
 
-    #[test]
-    fn every_transaction_of_the_hub_begins_as_a_writer() {
-        fn scan(dir: &std::path::Path, offenders: &mut Vec<String>) {
+    /// `(file, pattern)` for every source file of the hub but this one that contains a pattern.
+    fn sources_containing(patterns: &[&str]) -> Vec<String> {
+        fn scan(dir: &std::path::Path, patterns: &[&str], found: &mut Vec<String>) {
             for e in std::fs::read_dir(dir).unwrap().flatten() {
                 let p = e.path();
                 if p.is_dir() {
-                    scan(&p, offenders);
+                    scan(&p, patterns, found);
                 } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("db.rs") {
                     let text = std::fs::read_to_string(&p).unwrap();
-                    if text.contains(".begin()") || text.contains(".begin_with(") {
-                        offenders.push(p.display().to_string());
+                    for pattern in patterns.iter().filter(|pattern| text.contains(**pattern)) {
+                        found.push(format!("{} contains {pattern}", p.display()));
                     }
                 }
             }
         }
-        let mut offenders = Vec::new();
+        let mut found = Vec::new();
         scan(
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-            &mut offenders,
+            patterns,
+            &mut found,
         );
-        assert!(offenders.is_empty(), "use Db::begin_write in {offenders:?}");
+        found
+    }
+
+    #[test]
+    fn every_transaction_of_the_hub_begins_as_a_writer() {
+        let offenders = sources_containing(&[".begin()", ".begin_with("]);
+        assert!(offenders.is_empty(), "use Db::begin_write: {offenders:?}");
     }
 
     #[test]
     fn only_this_module_names_a_database_driver() {
-        fn scan(dir: &std::path::Path, offenders: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).unwrap().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    scan(&p, offenders);
-                } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("db.rs") {
-                    let text = std::fs::read_to_string(&p).unwrap();
-                    for driver in [
-                        "sqlx::sqlite",
-                        "sqlx::postgres",
-                        "SqlitePool",
-                        "SqliteRow",
-                        "PgPool",
-                        "PgConnection",
-                        "sqlx::Any",
-                        "Transaction<'",
-                    ] {
-                        if text.contains(driver) {
-                            offenders.push(format!("{} names {driver}", p.display()));
-                        }
-                    }
-                }
-            }
-        }
-        let mut offenders = Vec::new();
-        scan(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-            &mut offenders,
-        );
+        let offenders = sources_containing(&[
+            "sqlx::sqlite",
+            "sqlx::postgres",
+            "SqlitePool",
+            "SqliteRow",
+            "PgPool",
+            "PgConnection",
+            "sqlx::Any",
+            "Transaction<'",
+        ]);
         assert!(offenders.is_empty(), "{offenders:?}");
     }
 

@@ -190,19 +190,13 @@ impl Gateway {
     /// session is recorded (this node holds it), and other nodes close an older connection of it.
     pub async fn connected(&self, device: &DeviceId, connection: u64, at: i64) {
         tracing::info!(device = %device, "device connected");
-        let change = SessionChange::Connected {
-            node: self.cluster.node_id().to_owned(),
-            connection,
-        };
-        if let Err(e) = self.writer.write(device, Write::Session(change)).await {
-            tracing::warn!(device = %device, error = %e, "cannot record the connection");
-        }
-        self.cluster
-            .publish(&Signal::Connected {
-                device: device.clone(),
-                at,
-            })
+        let node = self.cluster.node_id().to_owned();
+        self.record_session(device, SessionChange::Connected { node, connection })
             .await;
+        self.cluster.publish(Signal::Connected {
+            device: device.clone(),
+            at,
+        });
     }
 
     /// A device connection ended: unregisters it and returns whether it was the live one (not
@@ -216,12 +210,16 @@ impl Gateway {
         if was_live {
             tracing::info!(device = %device, "device disconnected");
         }
-        let change = SessionChange::Disconnected {
-            node: self.cluster.node_id().to_owned(),
-            connection,
-        };
-        if let Err(e) = self.writer.write(device, Write::Session(change)).await {
-            tracing::warn!(device = %device, error = %e, "cannot record the disconnection");
+        let node = self.cluster.node_id().to_owned();
+        self.record_session(device, SessionChange::Disconnected { node, connection })
+            .await;
+    }
+
+    /// Writes a connection's start or end (the session row, `last_seen`); a failure is logged:
+    /// the node's heartbeat still tells whether its devices are online.
+    async fn record_session(&self, device: &DeviceId, change: SessionChange) {
+        if let Err(e) = self.writer.write(device, Write::Session(change.clone())).await {
+            tracing::warn!(device = %device, error = %e, ?change, "cannot record the connection's start or end");
         }
     }
 

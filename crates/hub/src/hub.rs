@@ -411,7 +411,7 @@ async fn listen(hub: Weak<Hub>, mut stopped: watch::Receiver<bool>) {
         let Some(h) = hub.upgrade() else { return };
         match heard {
             Ok(Heard::Payload(p)) => {
-                if let Some(signal) = h.cluster.receive(&p) {
+                for signal in h.cluster.receive(&p) {
                     h.on_signal(signal).await;
                 }
             }
@@ -430,8 +430,10 @@ async fn listen(hub: Weak<Hub>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Catches up with what signals would have said: pending commands of the devices connected here.
+/// Catches up with what signals would have said: token changes (the credential cache is
+/// emptied) and pending commands of the devices connected here.
 async fn resync(hub: &Hub) {
+    hub.devices.forget_all_credentials();
     match hub.commands.deliver_all_pending().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(commands = n, "delivered pending commands after catching up"),

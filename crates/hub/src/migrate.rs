@@ -252,22 +252,12 @@ async fn insert_rows(tx: &mut db::Tx, table: &str, rows: &[Row]) -> Result<(), M
         return Ok(());
     };
     let columns: Vec<String> = first.columns().iter().map(|c| c.name().to_owned()).collect();
-    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
-    let mut n = 0;
-    for r in 0..rows.len() {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..columns.len() {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            n += 1;
-            sql.push_str(&format!("${n}"));
-        }
-        sql.push(')');
-    }
+    let sql = format!(
+        "INSERT INTO {table} ({}) VALUES {}",
+        columns.join(", "),
+        db::value_rows(tx, rows.len(), columns.len())
+    );
+    let n = rows.len() * columns.len();
     let mut values = Vec::with_capacity(n);
     for row in rows {
         for i in 0..columns.len() {

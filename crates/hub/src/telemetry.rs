@@ -225,24 +225,11 @@ pub async fn write_measurements(
 }
 
 async fn insert_measurements(tx: &mut Tx, rows: &[NewMeasurement<'_>], now: i64) -> Result<(), sqlx::Error> {
-    const COLUMNS: usize = 7;
-    let mut sql = String::from(
-        "INSERT INTO measurements (device_id, topic_id, measurement_type, time, sent_time, received_at, payload) VALUES ",
+    let sql = format!(
+        "INSERT INTO measurements (device_id, topic_id, measurement_type, time, sent_time, received_at, payload) \
+         VALUES {} ON CONFLICT DO NOTHING",
+        crate::db::value_rows(tx, rows.len(), 7)
     );
-    for i in 0..rows.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..COLUMNS {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", i * COLUMNS + c + 1));
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT DO NOTHING");
     let mut q = sqlx::query(&sql);
     for m in rows {
         q = q

@@ -190,12 +190,10 @@ impl Commands {
         tracing::info!(device = %new.device, cmd_id = %id, operation = %new.operation, by = %caller.user, "command created");
         if !self.deliver(&id).await? {
             // Not connected here: the node it is connected to (if any) delivers it.
-            self.cluster
-                .publish(&Signal::CommandCreated {
-                    device: new.device.clone(),
-                    command: id.clone(),
-                })
-                .await;
+            self.cluster.publish(Signal::CommandCreated {
+                device: new.device.clone(),
+                command: id.clone(),
+            });
         }
         self.get(&id).await
     }
@@ -287,12 +285,10 @@ impl Commands {
         for e in &expired {
             tracing::info!(device = %e.device, cmd_id = %e.id, operation = %e.operation, "command expired");
             if !self.clear_expired(e) {
-                self.cluster
-                    .publish(&Signal::CommandExpired {
-                        device: e.device.clone(),
-                        command: e.id.clone(),
-                    })
-                    .await;
+                self.cluster.publish(Signal::CommandExpired {
+                    device: e.device.clone(),
+                    command: e.id.clone(),
+                });
             }
         }
         Ok(expired.len())

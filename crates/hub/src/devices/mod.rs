@@ -15,6 +15,7 @@ pub mod store;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use proto::DeviceId;
 use proto::api::{DeviceCredentials, DeviceDetail, DeviceSummary};
@@ -27,6 +28,10 @@ use crate::error::{DbContext, HubError};
 use crate::stdx::{new_secret, now_ms, sha256_hex, ts};
 use crate::transport::{CloseReason, Connections, DeviceTransport, Outbound};
 
+/// How long a cached token hash is trusted: a change is pushed to every node at once (a cluster
+/// signal), and this bounds how long a node that missed the signal keeps the old one.
+const CREDENTIALS_TTL: Duration = Duration::from_secs(60);
+
 /// Token hashes of devices, read through from the database.
 ///
 /// A fill that raced with an invalidation must not put the old value back: every invalidation
@@ -34,21 +39,24 @@ use crate::transport::{CloseReason, Connections, DeviceTransport, Outbound};
 /// current.
 #[derive(Debug, Default)]
 pub struct CredentialCache {
-    hashes: Mutex<HashMap<DeviceId, Option<String>>>,
+    hashes: Mutex<HashMap<DeviceId, (Option<String>, Instant)>>,
     epoch: AtomicU64,
 }
 
 impl CredentialCache {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Option<String>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, (Option<String>, Instant)>> {
         // A panic while holding the lock leaves a map that is still a valid cache.
         self.hashes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The cached hash: `None` when not cached, `Some(None)` for a revoked token.
+    /// The cached hash: `None` when not cached (or too old), `Some(None)` for a revoked token.
     fn get(&self, id: &DeviceId) -> Option<Option<String>> {
-        self.map().get(id).cloned()
+        self.map()
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < CREDENTIALS_TTL)
+            .map(|(hash, _)| hash.clone())
     }
 
     /// The epoch to pass to [`Self::fill`] (read before the database).
@@ -59,8 +67,15 @@ impl CredentialCache {
     fn fill(&self, id: &DeviceId, hash: Option<String>, epoch: u64) {
         let mut map = self.map();
         if self.epoch.load(Ordering::SeqCst) == epoch {
-            map.insert(id.clone(), hash);
+            map.insert(id.clone(), (hash, Instant::now()));
         }
+    }
+
+    /// Forgets everything (signals may have been missed).
+    pub fn clear(&self) {
+        let mut map = self.map();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        map.clear();
     }
 
     /// Forgets a device's entry (its token changed).
@@ -185,11 +200,15 @@ impl Devices {
 
     /// The device's token changed: forget the cached hash and close its connection, here and
     /// (through the cluster) on every other node.
-    async fn credentials_changed(&self, id: &DeviceId) {
+    fn credentials_changed(&self, id: &DeviceId) {
         self.forget_credentials(id);
         self.cluster
-            .publish(&Signal::CredentialsChanged { device: id.clone() })
-            .await;
+            .publish(Signal::CredentialsChanged { device: id.clone() });
+    }
+
+    /// Forgets every cached token hash (this node may have missed signals).
+    pub fn forget_all_credentials(&self) {
+        self.credentials.clear();
     }
 
     /// What a node does when a device's token changed (here, or on another node).
@@ -210,7 +229,7 @@ impl Devices {
         if !done {
             return Err(HubError::not_found("device", id.as_str()));
         }
-        self.credentials_changed(id).await;
+        self.credentials_changed(id);
         Ok(DeviceCredentials {
             device: self.summary_of(id).await?,
             token,
@@ -228,7 +247,7 @@ impl Devices {
         if !done {
             return Err(HubError::not_found("device", id.as_str()));
         }
-        self.credentials_changed(id).await;
+        self.credentials_changed(id);
         Ok(())
     }
 

@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet as V5Packet};
-use rumqttc::{Event, Outgoing, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use serde_json::{Value, json};
 
 use crate::haproxy::Haproxy;
 use crate::support::{
-    ADMIN, Api, Backend, Options, Storage, TestHub, error_v5, eventually, v3_options, v5_options, wait_v3,
-    wait_v5,
+    ADMIN, Api, Backend, Options, Storage, TestHub, error_v5, eventually, publish_sequence, v3_options,
+    v5_options, wait_v3, wait_v5,
 };
 
 /// Timings that make a dead node visible within seconds.
@@ -171,69 +171,6 @@ fn a_device_moving_to_the_other_node_takes_over_without_its_last_will() {
     assert_eq!(metric(&api_b, "edgemlops_hub_devices_online"), 1);
 }
 
-/// A device that publishes QoS 1 measurements `{"seq": n}` through `port` until `stop`,
-/// reconnecting with a new client whenever its connection dies; records the acknowledged seqs
-/// and the number of connections it made.
-fn device_through(
-    port: u16,
-    device: &str,
-    token: &str,
-    acked: &Mutex<BTreeSet<u64>>,
-    stop: &Arc<AtomicBool>,
-    connections: &AtomicU64,
-) {
-    let mut next_seq = 0u64;
-    let topic = format!("devices/{device}/te/device/main///m/load");
-    while !stop.load(Ordering::Relaxed) {
-        let mut o = v3_options(port, device, device, token);
-        o.set_inflight(10);
-        let (client, mut conn) = rumqttc::Client::new(o, 20);
-        let stop_publishing = stop.clone();
-        let first = next_seq;
-        let t = topic.clone();
-        let publisher = std::thread::spawn(move || {
-            let mut seq = first;
-            while !stop_publishing.load(Ordering::Relaxed) {
-                if client
-                    .publish(&t, QoS::AtLeastOnce, false, format!(r#"{{"seq": {seq}}}"#))
-                    .is_err()
-                {
-                    break;
-                }
-                seq += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = client.disconnect();
-        });
-        // Packet ids are assigned in publish order on this connection (no resends: a dead
-        // connection's client is dropped), so the n-th outgoing publish carries seq first + n.
-        let mut in_flight = std::collections::HashMap::new();
-        for event in conn.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    connections.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    in_flight.insert(pkid, next_seq);
-                    next_seq += 1;
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(seq) = in_flight.remove(&ack.pkid) {
-                        acked.lock().unwrap().insert(seq);
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        drop(conn);
-        let _ = publisher.join();
-        // The publisher may have queued more than went out: continue after what did.
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_node_killed_under_qos1_load_loses_no_acknowledged_message_and_hands_over_the_fleet_work() {
     let storage = Backend::Shared.storage();
@@ -270,7 +207,10 @@ fn a_node_killed_under_qos1_load_loses_no_acknowledged_message_and_hands_over_th
                 stop.clone(),
                 lb.port("mqtt"),
             );
-            std::thread::spawn(move || device_through(port, &d, &t, &a, &s, &c))
+            std::thread::spawn(move || {
+                let made = publish_sequence(port, &d, &t, &a, Duration::from_millis(5), Some(&s));
+                c.store(made, Ordering::Relaxed);
+            })
         })
         .collect();
     let total = || acked.iter().map(|a| a.lock().unwrap().len()).sum::<usize>();

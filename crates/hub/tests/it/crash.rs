@@ -5,49 +5,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Event, Outgoing, Packet, QoS};
 use serde_json::Value;
 
-use crate::support::{Backend, Options, TestHub, v3_options};
-
-/// Publishes QoS 1 measurements `{"seq": n}` with up to 10 in flight and records which seq
-/// numbers were acknowledged, until the connection dies.
-fn publish_until_dead(port: u16, device: &str, token: &str, acked: &Arc<Mutex<BTreeSet<u64>>>) {
-    let mut o = v3_options(port, device, device, token);
-    o.set_inflight(10);
-    let (client, mut conn) = rumqttc::Client::new(o, 100);
-    let topic = format!("devices/{device}/te/device/main///m/load");
-    let publisher = std::thread::spawn(move || {
-        for seq in 0..u64::MAX {
-            if client
-                .publish(&topic, QoS::AtLeastOnce, false, format!(r#"{{"seq": {seq}}}"#))
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    // Packet ids are assigned in publish order; map them to seq numbers as they go out.
-    let mut next_seq = 0u64;
-    let mut in_flight = std::collections::HashMap::new();
-    for event in conn.iter() {
-        match event {
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                in_flight.insert(pkid, next_seq);
-                next_seq += 1;
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(seq) = in_flight.remove(&ack.pkid) {
-                    acked.lock().unwrap().insert(seq);
-                }
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    drop(conn);
-    let _ = publisher.join();
-}
+use crate::support::{Backend, Options, TestHub, publish_sequence};
 
 fn sigkill_while_devices_publish_qos1_loses_no_acknowledged_message(backend: Backend) {
     let hub = TestHub::start(backend);
@@ -61,7 +21,7 @@ fn sigkill_while_devices_publish_qos1_loses_no_acknowledged_message(backend: Bac
         .zip(&acked)
         .map(|((d, t), a)| {
             let (d, t, a) = ((*d).to_owned(), t.clone(), a.clone());
-            std::thread::spawn(move || publish_until_dead(port, &d, &t, &a))
+            std::thread::spawn(move || publish_sequence(port, &d, &t, &a, Duration::ZERO, None))
         })
         .collect();
     // Let them publish until a good number is acknowledged, then kill the hub mid-stream.

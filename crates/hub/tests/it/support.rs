@@ -557,3 +557,81 @@ pub fn error_v5(conn: &mut rumqttc::v5::Connection) -> rumqttc::v5::ConnectionEr
 pub fn measurements(api: &Api, device: &str) -> Vec<Value> {
     api.get_ok::<Vec<Value>>(&format!("/api/v1/measurements?device={device}&limit=10000"))
 }
+
+/// A device that publishes QoS 1 measurements `{"seq": n}` (up to 10 in flight, `pause` between
+/// publishes) through `port` and records the acknowledged seq numbers in `acked`. Without `stop`
+/// it ends when its connection dies; with `stop` it connects again (a new client, so nothing is
+/// resent under an old packet id) whenever the connection dies, until `stop` is set. Returns the
+/// number of connections it made.
+pub fn publish_sequence(
+    port: u16,
+    device: &str,
+    token: &str,
+    acked: &std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    pause: Duration,
+    stop: Option<&std::sync::atomic::AtomicBool>,
+) -> u64 {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let topic = format!("devices/{device}/te/device/main///m/load");
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    let mut next_seq = 0u64;
+    let mut connections = 0;
+    loop {
+        let mut o = v3_options(port, device, device, token);
+        o.set_inflight(10);
+        let (client, mut conn) = rumqttc::Client::new(o, 20);
+        let quit = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (quit, topic, first) = (quit.clone(), topic.clone(), next_seq);
+            std::thread::spawn(move || {
+                let mut seq = first;
+                while !quit.load(Ordering::Relaxed) {
+                    if client
+                        .publish(
+                            &topic,
+                            rumqttc::QoS::AtLeastOnce,
+                            false,
+                            format!(r#"{{"seq": {seq}}}"#),
+                        )
+                        .is_err()
+                    {
+                        return;
+                    }
+                    seq += 1;
+                    std::thread::sleep(pause);
+                }
+                let _ = client.disconnect();
+            })
+        };
+        // Packet ids are assigned in publish order on this connection (nothing is resent: a dead
+        // connection's client is dropped), so the n-th outgoing publish carries seq first + n.
+        let mut in_flight = std::collections::HashMap::new();
+        for event in conn.iter() {
+            if stopped() {
+                quit.store(true, Ordering::Relaxed);
+            }
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => connections += 1,
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                    in_flight.insert(pkid, next_seq);
+                    next_seq += 1;
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
+                    if let Some(seq) = in_flight.remove(&ack.pkid) {
+                        acked.lock().unwrap().insert(seq);
+                    }
+                }
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        quit.store(true, Ordering::Relaxed);
+        drop(conn);
+        let _ = publisher.join();
+        if stop.is_none() || stopped() {
+            return connections;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -424,8 +424,9 @@ fn write_results(o: &Options, runs: &[Value]) -> Result<()> {
          connection each) start connecting at the same moment (a thundering herd, as after a hub restart), \
          then publish QoS 1 measurements at a fixed rate, on each storage configuration with release \
          `edgemlops-hub` nodes and default settings (MQTT workers: one per core). Stored = messages the hubs \
-         committed (the sum of their `edgemlops_hub_messages_stored_total`, counted until the last \
-         acknowledgement, so a backlog drained after the window counts too); PUBACK latency = publish \
+         committed (the sum of their `edgemlops_hub_messages_stored_total`); stored msg/s counts what was \
+         stored during the publishing window (the sustained rate), stored counts everything up to the last \
+         acknowledgement (a backlog drained after the window too); PUBACK latency = publish \
          written → PUBACK received, which includes the group commit. Two nodes sit behind two HAProxy \
          instances (TCP mode; one would need more file descriptors than a process may hold here). Cores \
          used = CPU seconds of each program over the run's wall time (registration, connect and publish \

@@ -231,14 +231,32 @@ impl Gateway {
         topic: &str,
         payload: &[u8],
     ) -> Result<Outcome, PublishRefusal> {
+        let message = self.understand(device, topic, payload)?;
+        self.store(device, message).await
+    }
+
+    /// The first half of [`Gateway::ingest`]: the topic checked and the payload parsed into a
+    /// message that owns its data, so the endpoint can release its read buffer before the message
+    /// waits for its commit (10,000 connections each pinning buffers of in-flight publishes cost
+    /// gigabytes under overload).
+    pub fn understand(
+        &self,
+        device: &DeviceId,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<DeviceMessage, PublishRefusal> {
         let topic = check_publish(topic, device).inspect_err(|e| {
             self.metrics.messages_refused.inc();
             tracing::info!(device = %device, error = %e, "publish refused");
         })?;
-        let message = DeviceMessage::parse(&topic, payload, now_ms()).inspect_err(|e| {
+        Ok(DeviceMessage::parse(&topic, payload, now_ms()).inspect_err(|e| {
             self.metrics.messages_refused.inc();
             tracing::info!(device = %device, %topic, error = %e, "payload refused");
-        })?;
+        })?)
+    }
+
+    /// The second half of [`Gateway::ingest`]: stores the message; returns after it committed.
+    pub async fn store(&self, device: &DeviceId, message: DeviceMessage) -> Result<Outcome, PublishRefusal> {
         let outcome = self.writer.store(device, message).await?;
         self.metrics.messages_stored.inc();
         Ok(outcome)

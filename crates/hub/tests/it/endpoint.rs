@@ -449,6 +449,58 @@ fn a_last_will_outside_the_prefix_is_refused_and_one_inside_is_stored_when_the_d
     assert!(api.get_ok::<Vec<Value>>("/api/v1/events?device=cam-b").is_empty());
 }
 
+/// Large payloads reach the hub in chunks, which must get through while the connection's
+/// in-flight limit is full; many small publishes pipelined past that limit all get acknowledged.
+fn large_and_pipelined_publishes_are_all_stored(backend: Backend) {
+    let hub = TestHub::start(backend);
+    let a = hub.device("cam-a");
+    let api = hub.api();
+    let mut o = v3_options(hub.mqtt_port, "cam-a", "cam-a", &a);
+    o.set_inflight(100);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = rumqttc::Client::new(o, 200);
+    wait_v3(&mut conn, "connack", |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())
+    });
+    let big = "x".repeat(200 * 1024);
+    let event = |i: usize| format!(r#"{{"text": "{big}", "seq": {i}}}"#);
+    for i in 0..3 {
+        client
+            .publish(
+                topic("cam-a", "te/device/main///e/big"),
+                QoS::AtLeastOnce,
+                false,
+                event(i),
+            )
+            .unwrap();
+    }
+    for i in 0..60 {
+        client
+            .publish(
+                topic("cam-a", M),
+                QoS::AtLeastOnce,
+                false,
+                format!(r#"{{"seq": {i}}}"#),
+            )
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < 63 {
+        wait_v3(&mut conn, "puback", |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())
+        });
+        acked += 1;
+    }
+    let events: Vec<Value> = api.get_ok("/api/v1/events?device=cam-a&type=big");
+    assert_eq!(events.len(), 3);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["text"].as_str().unwrap().len() == big.len())
+    );
+    assert_eq!(measurements(&api, "cam-a").len(), 60);
+}
+
 fn qos1_messages_are_stored_before_they_are_acknowledged(backend: Backend) {
     let hub = TestHub::start(backend);
     let a = hub.device("cam-a");
@@ -785,6 +837,7 @@ on_both_backends! {
         a_device_cannot_publish_or_subscribe_outside_its_prefix,
         a_last_will_outside_the_prefix_is_refused_and_one_inside_is_stored_when_the_device_dies,
         qos1_messages_are_stored_before_they_are_acknowledged,
+        large_and_pipelined_publishes_are_all_stored,
         a_newer_connection_takes_over_an_older_one,
         te_contract_entities_twin_capabilities_health_alarms_and_events_are_stored_and_queryable,
         the_tls_endpoint_serves_mqtt_with_rustls,

@@ -144,8 +144,39 @@ pub fn main_entry() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edgemlops-hub: error: {e:#}");
+            eprintln!("edgemlops-hub: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, each cause once (most of the hub's errors show their
+/// source in their own message already).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on 127.0.0.1:80: {0}")]
+        struct Bind(#[source] std::io::Error);
+        let e = anyhow::Error::new(Bind(std::io::Error::other("address in use")));
+        assert_eq!(
+            super::one_line(&e),
+            "cannot listen on 127.0.0.1:80: address in use"
+        );
+        let e = anyhow::Error::new(std::io::Error::other("disk\nfull")).context("writing hub.db");
+        assert_eq!(super::one_line(&e), "writing hub.db: disk full");
     }
 }

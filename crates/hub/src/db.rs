@@ -299,12 +299,21 @@ impl Db {
                     Ok(())
                 })
             })
-            .connect_with(connect)
-            .await
-            .map_err(|source| DbError::Open {
-                url: shown.clone(),
-                source,
-            })?;
+            .connect_with(connect.clone())
+            .await;
+        let pool = match pool {
+            Ok(pool) => pool,
+            // The pool only says that it timed out; one direct attempt says why (refused, bad
+            // password, unknown database).
+            Err(sqlx::Error::PoolTimedOut) => {
+                let source = match sqlx::AnyConnection::connect_with(&connect).await {
+                    Ok(_) => sqlx::Error::PoolTimedOut,
+                    Err(e) => e,
+                };
+                return Err(DbError::Open { url: shown, source });
+            }
+            Err(source) => return Err(DbError::Open { url: shown, source }),
+        };
         if let Some(n) = migrations {
             migrator(n).run(&pool).await.map_err(|source| DbError::Migrate {
                 url: shown.clone(),
